@@ -1,0 +1,198 @@
+"""The ``agf`` command line: each command opens the store, calls one library function, renders.
+
+Output options (table, ``--json``, ``--csv``) and the turning of library errors into one-line
+messages come from one decorator, :func:`command`.
+"""
+
+import functools
+import inspect
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agf.errors import AgfError
+from agf.output import render
+
+app = typer.Typer(
+    help="agf: a music feature store and embedding database built around Artist Group Factors.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+StoreDir = Annotated[
+    Path,
+    typer.Option("--store", envvar="AGF_STORE", help="Store directory (or AGF_STORE).", show_default=True),
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+DEFAULT_STORE = Path("agf-store")
+
+
+def fail(message: str, code: int = 1):
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def command(fn):
+    """Give a command ``--json`` and ``--csv``, render what it returns, and turn an
+    :class:`AgfError` into ``Error: message`` on stderr with exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, as_json: bool = False, as_csv: bool = False, **kwargs):
+        try:
+            result = fn(*args, **kwargs)
+        except AgfError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            fail("interrupted: the store keeps every completed part; run the command again to resume", 130)
+        render(result, "json" if as_json else "csv" if as_csv else "table")
+
+    signature = inspect.signature(fn)
+    extra = [
+        inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, default=False,
+                          annotation=Annotated[bool, typer.Option("--json", help="Output JSON.")]),
+        inspect.Parameter("as_csv", inspect.Parameter.KEYWORD_ONLY, default=False,
+                          annotation=Annotated[bool, typer.Option("--csv", help="Output CSV.")]),
+    ]
+    wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])
+    return wrapper
+
+
+def _open(store: Path, write: bool = False, create: bool = False, **config):
+    from agf.store import Store
+
+    return Store.open(store, write=write, create=create, **config)
+
+
+# -- SQL and the catalog ------------------------------------------------------------------------
+
+
+@app.command()
+@command
+def sql(query: Annotated[str, typer.Argument(help="A read-only SQL statement over the store's views.")],
+        store: StoreDir = DEFAULT_STORE):
+    """Run a read-only SQL query over the store's tables (DuckDB).
+
+    Example: agf sql "select genre_top, count(*) from tracks group by 1" --json
+    """
+    return _open(store).sql(query)
+
+
+@app.command()
+@command
+def info(store: StoreDir = DEFAULT_STORE):
+    """Show the store's path, format version, tables, frame caches, indexes and models.
+
+    Example: agf info --store ./agf-store
+    """
+    details = _open(store).info()
+    return details
+
+
+@app.command()
+@command
+def tables(store: StoreDir = DEFAULT_STORE):
+    """List the store's tables with rows, parts and bytes.
+
+    Example: agf tables --csv
+    """
+    return _open(store).info()["tables"]
+
+
+@app.command()
+@command
+def compact(store: StoreDir = DEFAULT_STORE,
+            table: Annotated[list[str] | None, typer.Option("--table", help="Only these tables.")] = None):
+    """Merge each table's Parquet parts into one; the rows stay identical.
+
+    Example: agf compact --table tracks
+    """
+    with _open(store, write=True) as opened:
+        done = opened.compact(table or None)
+    return [{"table": t, "parts_before": a, "parts_after": b} for t, (a, b) in done.items()]
+
+
+# -- ingest -------------------------------------------------------------------------------------
+
+
+def _mapping(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        column, sep, target = pair.partition("=")
+        if not sep or not column or not target:
+            raise AgfError(f"--map expects COLUMN=FIELD, got {pair!r}")
+        out[column] = target
+    return out
+
+
+@app.command()
+@command
+def ingest(
+    audio_dir: Annotated[Path, typer.Argument(help="Folder of audio files (FMA's fma_<size>/ for --fma-metadata).")],
+    manifest: Annotated[Path | None, typer.Option(help="CSV with a path column and any of artist, album, title, genre, tags.")] = None,
+    fma_metadata: Annotated[Path | None, typer.Option("--fma-metadata", help="FMA's fma_metadata/ folder (tracks.csv, genres.csv).")] = None,
+    map_: Annotated[list[str] | None, typer.Option("--map", help="Manifest COLUMN=FIELD renames, repeatable.")] = None,
+    subset: Annotated[str | None, typer.Option(help="FMA subset to keep: small, medium or large.")] = None,
+    features: Annotated[str | None, typer.Option(help="Feature sets, comma-separated: mfcc,dmfcc,fma,essentia.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: every core).")] = None,
+    force: Annotated[bool, typer.Option(help="Recompute files whose audio is already stored.")] = False,
+    sample_rate: Annotated[int, typer.Option(help="Sample rate of a new store, Hz.")] = 22050,
+    clip_seconds: Annotated[float, typer.Option(help="Longest clip kept per file (from its middle), s; for a new store.")] = 30.0,
+    store: StoreDir = DEFAULT_STORE,
+    quiet: Quiet = False,
+):
+    """Ingest audio and metadata: tracks, artists, genres, feature sets and frame matrices.
+
+    Files already stored (same audio sha256) are skipped; bad files become ingest_errors rows.
+
+    Example: agf ingest --manifest ../shared/data/game-music/manifest.csv ../shared/data/game-music
+    """
+    from agf.ingest import collect, ingest as run_ingest
+    from agf.ingest.features import parse_features
+    from agf.progress import say
+
+    chosen = parse_features(features)
+    candidates, genre_tree = collect(audio_dir, manifest=manifest, fma_metadata=fma_metadata,
+                                     mapping=_mapping(map_ or []), subset=subset)
+    with _open(store, write=True, create=True, sample_rate=sample_rate, clip_seconds=clip_seconds) as opened:
+        summary = run_ingest(opened, candidates, genre_tree, features=chosen, workers=workers, force=force, quiet=quiet)
+    say(f"ingested {summary.ingested}, skipped {summary.skipped}, failed {summary.failed} "
+        f"in {summary.seconds:.1f} s ({summary.files_per_second:.1f} files/s)", quiet)
+    return summary.as_dict()
+
+
+# -- the demo -----------------------------------------------------------------------------------
+
+
+@app.command()
+@command
+def demo(
+    corpus: Annotated[Path, typer.Option(help="Where the demo corpus is written.")] = Path("agf-demo"),
+    quick: Annotated[bool, typer.Option(help="A smaller corpus and shorter training: under 2 minutes.")] = False,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: every core).")] = None,
+    store: StoreDir = DEFAULT_STORE,
+    quiet: Quiet = False,
+):
+    """Generate the demo corpus and run the whole pipeline on it, then print a report.
+
+    Example: agf demo --quick --store ./demo-store
+    """
+    from agf.demo import run_demo
+
+    return run_demo(corpus, store, quick=quick, workers=workers, quiet=quiet)
+
+
+def main() -> None:
+    """Console entry point."""
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    try:
+        app()
+    except BrokenPipeError:
+        sys.stderr.close()
+
+
+if __name__ == "__main__":
+    main()

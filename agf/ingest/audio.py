@@ -1,0 +1,66 @@
+"""Decoding: any supported file to one mono float32 clip at the store's sample rate."""
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+#: Extensions a folder scan picks up (a manifest may name any file; undecodable ones are errors).
+AUDIO_EXTENSIONS = {".mp3", ".ogg", ".oga", ".opus", ".flac", ".wav", ".aif", ".aiff"}
+#: A clip whose peak stays below this (about -80 dBFS) is treated as silence.
+SILENCE_PEAK = 1e-4
+
+
+class AudioError(Exception):
+    """A file that cannot be turned into a usable clip; ``stage`` says where it failed."""
+
+    def __init__(self, stage: str, message: str):
+        super().__init__(message)
+        self.stage = stage
+
+
+def load_clip(path: Path, sample_rate: int, max_seconds: float) -> tuple[np.ndarray, int, float]:
+    """Decode the middle ``max_seconds`` of ``path``, mixed to mono and resampled once.
+
+    Parameters
+    ----------
+    path : Path
+        An audio file libsndfile decodes (MP3, OGG/Vorbis, Opus, FLAC, WAV, AIFF).
+    sample_rate : int
+        Target rate in Hz.
+    max_seconds : float
+        Longest clip kept, in seconds, taken from the middle of the file (as FMA's clips are).
+
+    Returns
+    -------
+    y : np.ndarray, shape (n_samples,), float32
+        The clip at ``sample_rate``.
+    native_rate : int
+        The file's own sample rate in Hz.
+    duration_s : float
+        The whole file's duration in seconds.
+    """
+    try:
+        with sf.SoundFile(str(path)) as fh:
+            native_rate, total = fh.samplerate, fh.frames
+            keep = min(total, int(round(max_seconds * native_rate)))
+            fh.seek(max(0, (total - keep) // 2))
+            data = fh.read(keep, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError, EOFError) as exc:
+        raise AudioError("decode", f"cannot decode audio: {_clean(exc)}") from None
+    if data.size == 0:
+        raise AudioError("decode", "file holds no audio samples")
+    y = data.mean(axis=1)
+    if not np.all(np.isfinite(y)):
+        raise AudioError("decode", "audio holds non-finite samples")
+    if np.max(np.abs(y)) < SILENCE_PEAK:
+        raise AudioError("decode", "audio is silent (peak below -80 dBFS)")
+    if native_rate != sample_rate:
+        import soxr
+
+        y = soxr.resample(y, native_rate, sample_rate, quality="HQ").astype(np.float32)
+    return y, native_rate, total / native_rate
+
+
+def _clean(exc: Exception) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -1,0 +1,215 @@
+"""Feature extractors over one decoded clip, sharing every spectrogram they can.
+
+A :class:`Spectra` object caches the STFTs and the CQT of one clip so that the frame matrices
+and every feature set are computed from one decode and as few transforms as possible.
+:func:`fma_features_reference` is the straightforward computation (one transform per feature,
+as a plain loop over mdeff/fma's ``features.py`` would do); it is the reference the shared
+path is tested against and the baseline of ``bench/ingest.py``.
+"""
+
+import warnings
+from functools import cached_property
+
+import librosa
+import numpy as np
+from scipy import stats
+
+#: The seven statistics of FMA's features.py, in the order its sorted columns use.
+STATISTICS = ("kurtosis", "max", "mean", "median", "min", "skew", "std")
+#: FMA feature name -> number of rows of its frame matrix.
+FMA_FEATURE_SIZES = {
+    "chroma_cens": 12,
+    "chroma_cqt": 12,
+    "chroma_stft": 12,
+    "mfcc": 20,
+    "rmse": 1,
+    "spectral_bandwidth": 1,
+    "spectral_centroid": 1,
+    "spectral_contrast": 7,
+    "spectral_rolloff": 1,
+    "tonnetz": 6,
+    "zcr": 1,
+}
+#: Column names of the 518-d ``fma`` vector: (feature, statistic, number), FMA's sorted order.
+FMA_COLUMNS = [
+    (name, stat, f"{i + 1:02d}")
+    for name, size in FMA_FEATURE_SIZES.items()
+    for stat in STATISTICS
+    for i in range(size)
+]
+N_MFCC = 20
+FEATURE_DIMS = {"mfcc": N_MFCC * 7, "dmfcc": 2 * N_MFCC * 7, "fma": len(FMA_COLUMNS)}
+
+
+def statistics(frames: np.ndarray) -> np.ndarray:
+    """The seven FMA statistics of each row of ``frames`` (n_rows, n_frames).
+
+    Returns a float32 vector of length 7 * n_rows: statistic-major, in :data:`STATISTICS` order.
+    """
+    frames = np.asarray(frames, dtype=np.float64)
+    # Near-constant rows (silence, steady tones) make scipy warn about precision; the value stands.
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        values = [
+            stats.kurtosis(frames, axis=1),
+            frames.max(axis=1),
+            frames.mean(axis=1),
+            np.median(frames, axis=1),
+            frames.min(axis=1),
+            stats.skew(frames, axis=1),
+            frames.std(axis=1),
+        ]
+    # kurtosis and skew of a constant row are undefined; FMA's data has 0 there too.
+    return np.nan_to_num(np.concatenate(values)).astype(np.float32)
+
+
+class Spectra:
+    """The transforms of one clip ``y`` at ``sr`` Hz, each computed once on first use."""
+
+    def __init__(self, y: np.ndarray, sr: int):
+        self.y = y
+        self.sr = sr
+        self._stft: dict[tuple[int, int], np.ndarray] = {}
+
+    def stft(self, n_fft: int, hop_length: int) -> np.ndarray:
+        """Magnitude STFT (1 + n_fft // 2, n_frames); a hop that is a multiple of a cached hop
+        with the same ``n_fft`` is read off the cached frames instead of being recomputed."""
+        key = (n_fft, hop_length)
+        if key not in self._stft:
+            finer = [h for (n, h) in self._stft if n == n_fft and hop_length % h == 0]
+            if finer:
+                self._stft[key] = self._stft[(n_fft, finer[0])][:, :: hop_length // finer[0]]
+            else:
+                self._stft[key] = np.abs(librosa.stft(self.y, n_fft=n_fft, hop_length=hop_length))
+        return self._stft[key]
+
+    def log_mel(self, n_fft: int, hop_length: int, n_mels: int) -> np.ndarray:
+        """Log-amplitude mel spectrogram in dB, (n_mels, n_frames)."""
+        power = self.stft(n_fft, hop_length) ** 2
+        mel = librosa.feature.melspectrogram(S=power, sr=self.sr, n_mels=n_mels)
+        return librosa.power_to_db(mel)
+
+    @cached_property
+    def cqt(self) -> np.ndarray:
+        """Magnitude constant-Q transform, 7 octaves of 12 bins from C1, hop 512: (84, n_frames)."""
+        # tuning=None estimates the tuning, as FMA does
+        return np.abs(librosa.cqt(self.y, sr=self.sr, hop_length=512, bins_per_octave=12, n_bins=7 * 12, tuning=None))
+
+
+def logmel_frames(spectra: Spectra, n_fft: int, hop_length: int, n_mels: int, **_) -> np.ndarray:
+    """The CNN input: log-mel spectrogram in dB, time first (n_frames, n_mels)."""
+    return spectra.log_mel(n_fft, hop_length, n_mels).T
+
+
+def mfcc_frames(spectra: Spectra, n_fft: int, hop_length: int, n_mels: int, n_mfcc: int, **_) -> np.ndarray:
+    """Frame-level MFCC for the mfcc/dmfcc factors, time first (n_frames, n_mfcc)."""
+    return librosa.feature.mfcc(S=spectra.log_mel(n_fft, hop_length, n_mels), n_mfcc=n_mfcc).T
+
+
+def _clip_mfcc(spectra: Spectra, logmel: dict) -> np.ndarray:
+    # The 20 track-level MFCCs come from the CNN's log-mel, which is computed anyway.
+    return librosa.feature.mfcc(S=spectra.log_mel(logmel["n_fft"], logmel["hop_length"], logmel["n_mels"]), n_mfcc=N_MFCC)
+
+
+def mfcc_vector(spectra: Spectra, logmel: dict) -> np.ndarray:
+    """``mfcc`` feature set: the 7 statistics of 20 MFCCs, a 140-d float32 vector."""
+    return statistics(_clip_mfcc(spectra, logmel))
+
+
+def dmfcc_vector(spectra: Spectra, logmel: dict) -> np.ndarray:
+    """``dmfcc`` feature set: the 7 statistics of the 20 MFCCs' first and second deltas (280-d)."""
+    mfcc = _clip_mfcc(spectra, logmel)
+    width = min(9, mfcc.shape[1] - (1 - mfcc.shape[1] % 2))
+    if width < 3:
+        raise ValueError("clip too short for MFCC deltas")
+    deltas = [librosa.feature.delta(mfcc, order=o, width=width) for o in (1, 2)]
+    return statistics(np.vstack(deltas))
+
+
+def _fma_matrices(y: np.ndarray, sr: int, stft: np.ndarray, cqt: np.ndarray) -> dict[str, np.ndarray]:
+    chroma_cens = librosa.feature.chroma_cens(C=cqt, sr=sr, n_chroma=12, n_octaves=7, bins_per_octave=12)
+    mel = librosa.feature.melspectrogram(sr=sr, S=stft**2)
+    return {
+        "chroma_cens": chroma_cens,
+        "chroma_cqt": librosa.feature.chroma_cqt(C=cqt, sr=sr, n_chroma=12, n_octaves=7, bins_per_octave=12),
+        "chroma_stft": librosa.feature.chroma_stft(S=stft**2, sr=sr, n_chroma=12),
+        "mfcc": librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=20),
+        "rmse": librosa.feature.rms(S=stft),
+        "spectral_bandwidth": librosa.feature.spectral_bandwidth(S=stft, sr=sr),
+        "spectral_centroid": librosa.feature.spectral_centroid(S=stft, sr=sr),
+        "spectral_contrast": librosa.feature.spectral_contrast(S=stft, sr=sr, n_bands=6),
+        "spectral_rolloff": librosa.feature.spectral_rolloff(S=stft, sr=sr),
+        "tonnetz": librosa.feature.tonnetz(chroma=chroma_cens, sr=sr),
+        "zcr": librosa.feature.zero_crossing_rate(y, frame_length=2048, hop_length=512),
+    }
+
+
+def _fma_vector(matrices: dict[str, np.ndarray]) -> np.ndarray:
+    return np.concatenate([statistics(matrices[name]) for name in FMA_FEATURE_SIZES])
+
+
+def fma_vector(spectra: Spectra, logmel: dict | None = None) -> np.ndarray:
+    """``fma`` feature set: the 518 features of mdeff/fma's features.py, one STFT and one CQT.
+
+    Column names and order are :data:`FMA_COLUMNS`. Chroma uses ``bins_per_octave=12``, which
+    librosa 0.11 no longer assumes (its default of 36 would silently misread the CQT).
+    """
+    return _fma_vector(_fma_matrices(spectra.y, spectra.sr, spectra.stft(2048, 512), spectra.cqt))
+
+
+def fma_features_reference(y: np.ndarray, sr: int) -> np.ndarray:
+    """The 518 FMA features computed the straightforward way: every feature from the signal.
+
+    Each feature does its own transform (the CQT twice, the STFT six times), as a plain port
+    of FMA's features.py that calls librosa per feature would. Same output as :func:`fma_vector`.
+    """
+    chroma_cens = librosa.feature.chroma_cens(y=y, sr=sr, hop_length=512, n_chroma=12, n_octaves=7, bins_per_octave=12)
+    matrices = {
+        "chroma_cens": chroma_cens,
+        "chroma_cqt": librosa.feature.chroma_cqt(y=y, sr=sr, hop_length=512, n_chroma=12, n_octaves=7, bins_per_octave=12),
+        "chroma_stft": librosa.feature.chroma_stft(y=y, sr=sr, n_fft=2048, hop_length=512, n_chroma=12),
+        "mfcc": librosa.feature.mfcc(y=y, sr=sr, n_mfcc=20, n_fft=2048, hop_length=512),
+        "rmse": librosa.feature.rms(S=np.abs(librosa.stft(y, n_fft=2048, hop_length=512))),
+        "spectral_bandwidth": librosa.feature.spectral_bandwidth(y=y, sr=sr, n_fft=2048, hop_length=512),
+        "spectral_centroid": librosa.feature.spectral_centroid(y=y, sr=sr, n_fft=2048, hop_length=512),
+        "spectral_contrast": librosa.feature.spectral_contrast(y=y, sr=sr, n_fft=2048, hop_length=512, n_bands=6),
+        "spectral_rolloff": librosa.feature.spectral_rolloff(y=y, sr=sr, n_fft=2048, hop_length=512),
+        "tonnetz": librosa.feature.tonnetz(chroma=chroma_cens, sr=sr),
+        "zcr": librosa.feature.zero_crossing_rate(y, frame_length=2048, hop_length=512),
+    }
+    return _fma_vector(matrices)
+
+
+def essentia_vector(spectra: Spectra, logmel: dict | None = None) -> np.ndarray:
+    """``essentia`` feature set: Essentia's MusicExtractor low-level statistics, flattened.
+
+    Needs the optional AGPL ``essentia`` extra.
+    """
+    import essentia.standard as es  # noqa: PLC0415 - optional extra
+
+    pool = es.MusicExtractor(lowlevelStats=["mean", "stdev"])(spectra.y)[0]
+    names = sorted(n for n in pool.descriptorNames() if n.startswith("lowlevel."))
+    return np.concatenate([np.ravel(np.asarray(pool[n], dtype=np.float32)) for n in names])
+
+
+VECTOR_EXTRACTORS = {"mfcc": mfcc_vector, "dmfcc": dmfcc_vector, "fma": fma_vector, "essentia": essentia_vector}
+FRAME_EXTRACTORS = {"logmel": logmel_frames, "mfcc": mfcc_frames}
+DEFAULT_FEATURES = ("mfcc", "dmfcc", "fma")
+
+
+def parse_features(spec: str | None) -> tuple[str, ...]:
+    """Validate a comma-separated list of feature sets (``None`` gives the defaults)."""
+    from agf.errors import AgfError
+
+    if not spec:
+        return DEFAULT_FEATURES
+    names = tuple(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))
+    unknown = [n for n in names if n not in VECTOR_EXTRACTORS]
+    if unknown:
+        raise AgfError(f"unknown feature set(s) {unknown}; choose from {', '.join(VECTOR_EXTRACTORS)}")
+    if "essentia" in names:
+        try:
+            import essentia  # noqa: F401, PLC0415
+        except ImportError:
+            raise AgfError("the essentia feature set needs the optional extra: pip install 'agf[essentia]'") from None
+    return names

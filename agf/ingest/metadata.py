@@ -1,0 +1,267 @@
+"""Metadata readers: FMA's CSVs, a manifest CSV, or a bare folder's own tags, to candidates.
+
+Each reader returns :class:`Candidate` objects (one per audio file to ingest) and, for FMA,
+the genre tree. Readers never decode audio; a missing file becomes the pipeline's error row.
+"""
+
+import ast
+import csv
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agf.errors import AgfError
+from agf.ingest.audio import AUDIO_EXTENSIONS
+
+
+@dataclass
+class Candidate:
+    """One audio file and what its metadata says about it."""
+
+    path: Path
+    source_id: str
+    title: str | None = None
+    artist: str | None = None
+    artist_source_id: str | None = None
+    album: str | None = None
+    album_source_id: str | None = None
+    genre_top: str | None = None
+    genre_ids: list[int] = field(default_factory=list)  # FMA track.genres
+    genre_all_ids: list[int] = field(default_factory=list)  # FMA track.genres_all
+    genre_names: list[str] = field(default_factory=list)  # genres named by a manifest or tag
+    tags: list[str] = field(default_factory=list)
+    split: str | None = None
+    subset: str | None = None
+
+
+@dataclass
+class GenreRow:
+    genre_id: int
+    title: str
+    parent_id: int | None
+    top_level: int | None
+
+
+def slug(text: str) -> str:
+    """Case- and accent-insensitive key of a name: 'Émile  Zola' -> 'emile zola'."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return " ".join("".join(c for c in decomposed if not unicodedata.combining(c)).casefold().split())
+
+
+# -- FMA ----------------------------------------------------------------------------------------
+
+FMA_REQUIRED = [("track", "genres"), ("artist", "id"), ("artist", "name")]
+
+
+def _read_csv_rows(path: Path) -> list[list[str]]:
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+            return list(csv.reader(fh))
+    except OSError as exc:
+        raise AgfError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _int_list(text: str) -> list[int]:
+    if not text:
+        return []
+    try:
+        value = ast.literal_eval(text)
+        return [int(v) for v in value]
+    except (ValueError, SyntaxError, TypeError):
+        raise AgfError(f"malformed genre list {text!r} in tracks.csv") from None
+
+
+def _str_list(text: str) -> list[str]:
+    try:
+        return [str(v) for v in ast.literal_eval(text)] if text else []
+    except (ValueError, SyntaxError, TypeError):
+        return [text]
+
+
+def fma_audio_path(audio_dir: Path, track_id: int) -> Path:
+    """FMA's layout: ``fma_large/000/000002.mp3`` (the folder is track_id // 1000)."""
+    return audio_dir / f"{track_id // 1000:03d}" / f"{track_id:06d}.mp3"
+
+
+def read_fma(metadata_dir: Path, audio_dir: Path, subset: str | None = None) -> tuple[list[Candidate], list[GenreRow]]:
+    """Read ``tracks.csv`` (two header rows) and ``genres.csv`` of an FMA ``fma_metadata`` folder.
+
+    Tracks whose audio file is not under ``audio_dir`` are left out: an FMA audio folder holds
+    one subset of the metadata's tracks. ``subset`` ('small', 'medium', 'large') keeps only the
+    tracks of that subset (FMA's subsets are nested: small is in medium is in large).
+    """
+    metadata_dir = Path(metadata_dir)
+    rows = _read_csv_rows(metadata_dir / "tracks.csv")
+    if len(rows) < 3:
+        raise AgfError(f"{metadata_dir / 'tracks.csv'} has no track rows")
+    columns = {(top.strip(), name.strip()): i for i, (top, name) in enumerate(zip(rows[0], rows[1]))}
+    missing = [f"{t}.{n}" for t, n in FMA_REQUIRED if (t, n) not in columns]
+    if missing:
+        raise AgfError(f"tracks.csv lacks required column(s) {', '.join(missing)}")
+    body = rows[3:] if rows[2] and rows[2][0] == "track_id" else rows[2:]
+
+    def get(row: list[str], top: str, name: str) -> str:
+        i = columns.get((top, name))
+        return row[i].strip() if i is not None and i < len(row) else ""
+
+    order = {"small": 0, "medium": 1, "large": 2}
+    if subset is not None and subset not in order:
+        raise AgfError(f"unknown FMA subset {subset!r}; choose small, medium or large")
+    candidates = []
+    for row in body:
+        if not row or not row[0].strip():
+            continue
+        try:
+            track_id = int(row[0])
+        except ValueError:
+            raise AgfError(f"tracks.csv: track_id {row[0]!r} is not an integer") from None
+        track_subset = get(row, "set", "subset") or None
+        if subset and order.get(track_subset or "large", 2) > order[subset]:
+            continue
+        path = fma_audio_path(Path(audio_dir), track_id)
+        if not path.exists():
+            continue
+        candidates.append(
+            Candidate(
+                path=path,
+                source_id=str(track_id),
+                title=get(row, "track", "title") or None,
+                artist=get(row, "artist", "name") or None,
+                artist_source_id=get(row, "artist", "id") or None,
+                album=get(row, "album", "title") or None,
+                album_source_id=get(row, "album", "id") or None,
+                genre_top=get(row, "track", "genre_top") or None,
+                genre_ids=_int_list(get(row, "track", "genres")),
+                genre_all_ids=_int_list(get(row, "track", "genres_all")),
+                tags=_str_list(get(row, "track", "tags")),
+                split=get(row, "set", "split") or None,
+                subset=track_subset,
+            )
+        )
+    return candidates, read_fma_genres(metadata_dir / "genres.csv")
+
+
+def read_fma_genres(path: Path) -> list[GenreRow]:
+    """FMA's ``genres.csv`` (genre_id, #tracks, parent, title, top_level) as genre rows."""
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"genre_id", "parent", "title", "top_level"} - set(reader.fieldnames or [])
+        if missing:
+            raise AgfError(f"{path} lacks column(s) {', '.join(sorted(missing))}")
+        return [
+            GenreRow(
+                genre_id=int(r["genre_id"]),
+                title=r["title"],
+                parent_id=int(r["parent"]) if r["parent"] not in ("", "0") else None,
+                top_level=int(r["top_level"]) if r["top_level"] else None,
+            )
+            for r in reader
+        ]
+
+
+# -- manifest -----------------------------------------------------------------------------------
+
+MANIFEST_FIELDS = ("path", "track_id", "title", "artist", "artist_id", "album", "album_id", "genre", "tags", "split")
+
+
+def _split_tags(text: str) -> list[str]:
+    for sep in ("|", ";"):
+        if sep in text:
+            return [t.strip() for t in text.split(sep) if t.strip()]
+    return [text.strip()] if text.strip() else []
+
+
+def read_manifest(manifest: Path, audio_dir: Path | None = None, mapping: dict[str, str] | None = None) -> list[Candidate]:
+    """Read a manifest CSV: a ``path`` column and any of :data:`MANIFEST_FIELDS`.
+
+    ``mapping`` renames the file's columns to those fields (``{"file": "path"}``). Relative
+    paths resolve against ``audio_dir``, or the manifest's folder when it is not given. Several
+    tags in one cell are separated by ``|`` or ``;``.
+    """
+    manifest = Path(manifest)
+    mapping = mapping or {}
+    bad = [f for f in mapping.values() if f not in MANIFEST_FIELDS]
+    if bad:
+        raise AgfError(f"--map targets {bad} are not manifest fields ({', '.join(MANIFEST_FIELDS)})")
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig", errors="replace") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames or []
+            rows = list(reader)
+    except OSError as exc:
+        raise AgfError(f"cannot read manifest {manifest}: {exc.strerror}") from None
+    renamed = {column: mapping.get(column, column) for column in header}
+    if "path" not in renamed.values():
+        raise AgfError(f"manifest {manifest} has no 'path' column (use --map COLUMN=path)")
+    base = Path(audio_dir) if audio_dir else manifest.parent
+    candidates = []
+    for row in rows:
+        record = {renamed[k]: (v or "").strip() for k, v in row.items() if k in renamed}
+        if not record.get("path"):
+            continue
+        path = Path(record["path"])
+        path = path if path.is_absolute() else base / path
+        genre = record.get("genre") or None
+        candidates.append(
+            Candidate(
+                path=path,
+                source_id=record.get("track_id") or str(path),
+                title=record.get("title") or path.stem,
+                artist=record.get("artist") or None,
+                artist_source_id=record.get("artist_id") or None,
+                album=record.get("album") or None,
+                album_source_id=record.get("album_id") or None,
+                genre_top=genre,
+                genre_names=[genre] if genre else [],
+                tags=_split_tags(record.get("tags", "")),
+                split=record.get("split") or None,
+            )
+        )
+    return candidates
+
+
+# -- a bare folder ------------------------------------------------------------------------------
+
+
+def _tag(tags, key: str) -> str | None:
+    try:
+        values = tags.get(key) if tags else None
+    except (KeyError, ValueError):
+        return None
+    if not values:
+        return None
+    text = str(values[0]).strip()
+    return text or None
+
+
+def read_folder(folder: Path) -> list[Candidate]:
+    """Every audio file under ``folder`` (by extension), described by its own tags (mutagen).
+
+    Files without an artist tag get the artist 'unknown'.
+    """
+    import mutagen
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AgfError(f"{folder} is not a folder")
+    candidates = []
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()):
+        try:
+            tags = mutagen.File(path, easy=True)
+        except Exception:  # noqa: BLE001 - unreadable tags are not fatal; decoding decides
+            tags = None
+        genre = _tag(tags, "genre")
+        candidates.append(
+            Candidate(
+                path=path,
+                source_id=str(path.relative_to(folder)),
+                title=_tag(tags, "title") or path.stem,
+                artist=_tag(tags, "artist") or "unknown",
+                album=_tag(tags, "album"),
+                genre_top=genre,
+                genre_names=[genre] if genre else [],
+            )
+        )
+    return candidates

@@ -1,0 +1,329 @@
+"""The ingest pipeline: candidates in, rows and frame matrices out, in parallel and resumable.
+
+Workers decode each file once and compute every requested feature from it; the parent
+assigns ids, writes frame matrices and commits one atomic part per ``part_size`` tracks, so an
+interrupted ingest keeps everything up to its last part and the next run resumes (files whose
+audio sha256 is stored are skipped).
+"""
+
+import hashlib
+import os
+import signal
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from agf.ingest.audio import AudioError, load_clip
+from agf.ingest.features import DEFAULT_FEATURES, FRAME_EXTRACTORS, VECTOR_EXTRACTORS, Spectra
+from agf.ingest.metadata import Candidate, GenreRow, slug
+from agf.progress import progress_bar
+from agf.store import SCHEMAS, FrameCache, Store, fixed_vectors, now_utc
+
+
+@dataclass
+class IngestSummary:
+    """What one ingest did."""
+
+    ingested: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def files_per_second(self) -> float:
+        done = self.ingested + self.skipped + self.failed
+        return done / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "files_per_second": round(self.files_per_second, 2)}
+
+
+@dataclass
+class ExtractConfig:
+    """What a worker needs to turn a file into a result: the store's rates and frame parameters."""
+
+    sample_rate: int
+    clip_seconds: float
+    frames: dict
+    features: tuple[str, ...]
+
+
+# -- the worker side ------------------------------------------------------------------------------
+
+_KNOWN_SHA: frozenset = frozenset()
+
+
+def _init_worker(known_sha: frozenset) -> None:
+    global _KNOWN_SHA
+    _KNOWN_SHA = known_sha
+    # The parent handles Ctrl-C; workers just stop when it shuts the pool down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # one BLAS thread per worker process; workers are the parallelism
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def extract(path: Path, config: ExtractConfig) -> dict:
+    """Decode ``path`` once and compute every frame matrix and feature vector from that clip.
+
+    Returns ``{"native_rate", "duration_s", "frames": {kind: (n_frames, n_bins)}, "vectors":
+    {feature_set: (dim,)}}``; raises :class:`AudioError` with the failing stage.
+    """
+    y, native_rate, duration = load_clip(path, config.sample_rate, config.clip_seconds)
+    spectra = Spectra(y, config.sample_rate)
+    try:
+        frames = {kind: fn(spectra, **config.frames[kind]) for kind, fn in FRAME_EXTRACTORS.items()}
+        vectors = {name: VECTOR_EXTRACTORS[name](spectra, config.frames["logmel"]) for name in config.features}
+    except Exception as exc:  # noqa: BLE001 - any failure of one file is that file's error row
+        raise AudioError("features", f"{type(exc).__name__}: {exc}") from None
+    return {"native_rate": native_rate, "duration_s": duration, "frames": frames, "vectors": vectors}
+
+
+def _work(index: int, path: str, config: ExtractConfig, check_known: bool) -> tuple:
+    try:
+        sha = sha256_file(Path(path))
+    except OSError as exc:
+        return ("error", index, "read", f"cannot read file: {exc.strerror or exc}")
+    if check_known and sha in _KNOWN_SHA:
+        return ("skip", index, sha)
+    try:
+        return ("ok", index, sha, extract(Path(path), config))
+    except AudioError as exc:
+        return ("error", index, exc.stage, str(exc))
+
+
+# -- the parent side ------------------------------------------------------------------------------
+
+
+class _Ids:
+    """Store ids of artists, albums and genres, known ones first, new ones assigned as met."""
+
+    def __init__(self, store: Store):
+        self.artists = {r["source_id"]: r["artist_id"] for r in store.query("SELECT source_id, artist_id FROM artists").to_pylist()}
+        self.albums = {r["source_id"]: r["album_id"] for r in store.query("SELECT source_id, album_id FROM albums").to_pylist()}
+        genres = store.query("SELECT genre_id, title, parent_id FROM genres").to_pylist()
+        self.genre_by_id = {g["genre_id"]: g for g in genres}
+        self.genre_by_name = {slug(g["title"]): g["genre_id"] for g in genres}
+        self._next_artist = max(self.artists.values(), default=0)
+        self._next_album = max(self.albums.values(), default=0)
+        self.new_artists: list[dict] = []
+        self.new_albums: list[dict] = []
+        self.new_genres: list[dict] = []
+
+    def add_genre_tree(self, rows: list[GenreRow]) -> None:
+        for row in rows:
+            if row.genre_id not in self.genre_by_id:
+                record = {"genre_id": row.genre_id, "title": row.title, "parent_id": row.parent_id, "top_level": row.top_level}
+                self.genre_by_id[row.genre_id] = record
+                self.genre_by_name.setdefault(slug(row.title), row.genre_id)
+                self.new_genres.append(record)
+
+    def genre(self, name: str) -> int:
+        key = slug(name)
+        if key not in self.genre_by_name:
+            genre_id = max(self.genre_by_id, default=0) + 1  # new names are rare: no counter needed
+            record = {"genre_id": genre_id, "title": name, "parent_id": None, "top_level": genre_id}
+            self.genre_by_id[genre_id] = record
+            self.genre_by_name[key] = genre_id
+            self.new_genres.append(record)
+        return self.genre_by_name[key]
+
+    def with_ancestors(self, genre_ids: list[int]) -> list[int]:
+        out: list[int] = []
+        for genre_id in genre_ids:
+            while genre_id is not None and genre_id not in out:
+                out.append(genre_id)
+                genre_id = self.genre_by_id.get(genre_id, {}).get("parent_id")
+        return sorted(out)
+
+    def artist(self, c: Candidate) -> int:
+        name = c.artist or "unknown"
+        key = c.artist_source_id or slug(name)
+        if key not in self.artists:
+            self.artists[key] = self._next_artist = self._next_artist + 1
+            self.new_artists.append({"artist_id": self.artists[key], "source_id": key, "name": name})
+        return self.artists[key]
+
+    def album(self, c: Candidate, artist_id: int) -> int | None:
+        if not (c.album or c.album_source_id):
+            return None
+        key = c.album_source_id or f"{artist_id}/{slug(c.album)}"
+        if key not in self.albums:
+            self.albums[key] = self._next_album = self._next_album + 1
+            self.new_albums.append({"album_id": self.albums[key], "source_id": key, "title": c.album, "artist_id": artist_id})
+        return self.albums[key]
+
+    def drain(self) -> dict[str, list[dict]]:
+        out = {"artists": self.new_artists, "albums": self.new_albums, "genres": self.new_genres}
+        self.new_artists, self.new_albums, self.new_genres = [], [], []
+        return out
+
+
+class _Batch:
+    """Rows waiting to be committed as one part per table."""
+
+    def __init__(self):
+        self.tracks: list[dict] = []
+        self.vectors: dict[str, list[tuple[int, np.ndarray]]] = {}
+        self.errors: list[dict] = []
+        self.replaced_ids: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.tracks) + len(self.errors)
+
+    def tables(self, ids: _Ids) -> tuple[dict[str, pa.Table], dict[str, list[int]]]:
+        tables = {"tracks": pa.Table.from_pylist(self.tracks, schema=SCHEMAS["tracks"])}
+        for name, rows in self.vectors.items():
+            track_ids = pa.array([r[0] for r in rows], pa.int64())
+            tables[f"features_{name}"] = pa.table({"track_id": track_ids, "vector": fixed_vectors(np.stack([r[1] for r in rows]))})
+        if self.errors:
+            tables["ingest_errors"] = pa.Table.from_pylist(self.errors, schema=SCHEMAS["ingest_errors"])
+        for name, rows in ids.drain().items():
+            if rows:
+                tables[name] = pa.Table.from_pylist(rows, schema=SCHEMAS[name])
+        return tables, self.replaced_ids
+
+
+def ingest(
+    store: Store,
+    candidates: list[Candidate],
+    genre_tree: list[GenreRow] | None = None,
+    features: tuple[str, ...] = DEFAULT_FEATURES,
+    workers: int | None = None,
+    force: bool = False,
+    part_size: int = 64,
+    quiet: bool = False,
+) -> IngestSummary:
+    """Ingest ``candidates`` into ``store``: tracks, artists, albums, genres, features, frames.
+
+    Parameters
+    ----------
+    workers : int, optional
+        Worker processes (default: every core); 1 runs in this process.
+    force : bool
+        Recompute files whose audio is already stored, keeping their track ids.
+    part_size : int
+        Files per committed part; an interruption loses at most the part in progress.
+    """
+    started = time.perf_counter()
+    summary = IngestSummary()
+    workers = workers or os.cpu_count() or 1
+    known = {r["audio_sha256"]: r["track_id"] for r in store.query("SELECT audio_sha256, track_id FROM tracks").to_pylist()}
+    ids = _Ids(store)
+    ids.add_genre_tree(genre_tree or [])
+    next_track = [max(known.values(), default=0) + 1]
+    caches = {kind: FrameCache(store.root, kind) for kind in FRAME_EXTRACTORS}
+    config = ExtractConfig(store.sample_rate, float(store.config["clip_seconds"]), store.config["frames"], tuple(features))
+    seen: set[str] = set()
+    batch = _Batch()
+
+    def commit() -> None:
+        nonlocal batch
+        if len(batch) or ids.new_genres:
+            tables, replaced = batch.tables(ids)
+            _commit(store, tables, replaced, config)
+        batch = _Batch()
+
+    def handle(result: tuple) -> None:
+        kind, index = result[0], result[1]
+        candidate = candidates[index]
+        if kind == "error":
+            batch.errors.append({"path": str(candidate.path), "stage": result[2], "error": result[3], "at": now_utc()})
+            summary.failed += 1
+            return
+        sha = result[2]
+        if kind == "skip" or (sha in seen) or (sha in known and not force):
+            summary.skipped += 1
+            return
+        seen.add(sha)
+        if sha in known:
+            track_id = known[sha]
+            batch.replaced_ids.append(track_id)
+        else:
+            track_id, next_track[0] = next_track[0], next_track[0] + 1
+        data = result[3]
+        for kind_name, matrix in data["frames"].items():
+            caches[kind_name].write(track_id, matrix)
+        for name, vector in data["vectors"].items():
+            batch.vectors.setdefault(name, []).append((track_id, vector))
+        batch.tracks.append(_track_row(track_id, candidate, sha, data, ids))
+        summary.ingested += 1
+
+    with progress_bar(len(candidates), "ingest", "files", quiet) as bar:
+        for result in _results(candidates, config, workers, check_known=not force, known=frozenset(known)):
+            handle(result)
+            bar.advance()
+            if len(batch) >= part_size:
+                commit()
+        commit()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _track_row(track_id: int, c: Candidate, sha: str, data: dict, ids: _Ids) -> dict:
+    artist_id = ids.artist(c)
+    genre_ids = list(c.genre_ids) or [ids.genre(n) for n in c.genre_names]
+    return {
+        "track_id": track_id,
+        "source_id": c.source_id,
+        "path": str(c.path),
+        "audio_sha256": sha,
+        "title": c.title,
+        "artist_id": artist_id,
+        "album_id": ids.album(c, artist_id),
+        "duration_s": data["duration_s"],
+        "sample_rate": data["native_rate"],
+        "genre_top": c.genre_top,
+        "genres": genre_ids,
+        "genres_all": list(c.genre_all_ids) or ids.with_ancestors(genre_ids),
+        "tags": c.tags,
+        "split": c.split,
+        "subset": c.subset,
+        "ingested_at": now_utc(),
+    }
+
+
+def _commit(store: Store, tables: dict[str, pa.Table], replaced: list[int], config: ExtractConfig) -> None:
+    params = {"sample_rate": config.sample_rate, "clip_seconds": config.clip_seconds, "frames": config.frames}
+    # --force on stored audio: the old rows of those tracks go in the same transaction.
+    keep = f"track_id NOT IN ({', '.join(str(int(t)) for t in replaced)})"
+    keep_where = {name: keep for name, rows in tables.items() if replaced and "track_id" in rows.column_names}
+    store.write(append=tables, keep_where=keep_where, params=params)
+
+
+def _results(candidates: list[Candidate], config: ExtractConfig, workers: int, check_known: bool, known: frozenset):
+    """Yield worker results as they finish, keeping a bounded number of files in flight."""
+    if workers <= 1:
+        global _KNOWN_SHA
+        _KNOWN_SHA = known
+        for index, c in enumerate(candidates):
+            yield _work(index, str(c.path), config, check_known)
+        return
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(known,))
+    try:
+        pending = set()
+        todo = iter(enumerate(candidates))
+        while True:
+            for index, c in todo:
+                pending.add(pool.submit(_work, index, str(c.path), config, check_known))
+                if len(pending) >= 4 * workers:
+                    break
+            if not pending:
+                return
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)

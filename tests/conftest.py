@@ -1,0 +1,59 @@
+"""Shared fixtures: small real corpora written once per session, and stores ingested from them."""
+
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agf.cli import app
+from agf.ingest import collect, ingest
+from agf.ingest.synth import write_corpus
+from agf.store import Store
+
+GAME_MUSIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "game-music"
+
+
+@pytest.fixture(scope="session")
+def game_music() -> Path:
+    if not (GAME_MUSIC / "manifest.csv").exists():
+        pytest.skip("../shared/data/game-music is not here")
+    return GAME_MUSIC
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    """3 genres × 3 artists × 3 tracks of 6 s: the manifest's path."""
+    return write_corpus(tmp_path_factory.mktemp("corpus"), genres=3, artists=3, tracks=3, seconds=6.0)
+
+
+@pytest.fixture(scope="session")
+def small_store(tmp_path_factory, small_corpus) -> Path:
+    """A store with the small corpus ingested (every feature set but essentia); read it, don't write it."""
+    root = tmp_path_factory.mktemp("small") / "store"
+    with Store.open(root, create=True) as store:
+        candidates, tree = collect(small_corpus.parent, manifest=small_corpus)
+        ingest(store, candidates, tree, features=("mfcc", "dmfcc", "fma"), workers=2, quiet=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def game_store(tmp_path_factory, game_music) -> Path:
+    """The 128 game-music clips ingested with the default feature sets; read it, don't write it."""
+    root = tmp_path_factory.mktemp("game") / "store"
+    result = CliRunner().invoke(
+        app, ["ingest", "--manifest", str(game_music / "manifest.csv"), str(game_music), "--store", str(root), "--quiet"]
+    )
+    assert result.exit_code == 0, result.output
+    return root
+
+
+@pytest.fixture
+def cli():
+    """Run the agf CLI in-process: cli("sql", "select 1", "--store", dir) -> Result."""
+    runner = CliRunner()
+
+    def run(*args, env=None):
+        return runner.invoke(app, [str(a) for a in args], env={**os.environ, **(env or {})})
+
+    return run

@@ -1,0 +1,73 @@
+"""The CLI as users meet it: output formats, one-line errors, info, and the demo end to end."""
+
+import json
+
+from agf.store import Store
+
+
+def test_sql_outputs_a_table_json_and_csv(small_store, cli):
+    query = "SELECT genre_top, count(*) AS n FROM tracks GROUP BY 1 ORDER BY 1"
+    table = cli("sql", query, "--store", small_store)
+    assert table.exit_code == 0
+    assert table.output.splitlines() == [
+        "genre_top   n",
+        "----------  -",
+        "Electronic  9",
+        "Hip-Hop     9",
+        "Rock        9",
+    ]
+    assert json.loads(cli("sql", query, "--store", small_store, "--json").output) == [
+        {"genre_top": "Electronic", "n": 9}, {"genre_top": "Hip-Hop", "n": 9}, {"genre_top": "Rock", "n": 9}]
+    assert cli("sql", query, "--store", small_store, "--csv").output == "genre_top,n\nElectronic,9\nHip-Hop,9\nRock,9\n"
+
+
+def test_the_store_comes_from_AGF_STORE(small_store, cli):
+    out = cli("sql", "SELECT count(*) AS n FROM artists", "--json", env={"AGF_STORE": str(small_store)})
+    assert json.loads(out.output) == [{"n": 9}]
+
+
+def test_user_errors_are_one_line_with_a_non_zero_exit(small_store, tmp_path, cli):
+    cases = {
+        ("sql", "SELECT 1", "--store", tmp_path / "none"): "Error: no agf store at",
+        ("sql", "SELECT * FROM no_such_table", "--store", small_store): "Error: Catalog Error",
+        ("sql", "SELEC 1", "--store", small_store): "Error: Parser Error",
+        ("sql", "DELETE FROM tracks", "--store", small_store): "Error: agf sql is read-only: DELETE statements are not allowed",
+        ("compact", "--table", "nope", "--store", small_store): "Error: unknown table 'nope'",
+    }
+    for args, message in cases.items():
+        out = cli(*args)
+        assert out.exit_code == 1, args
+        assert len(out.output.strip().splitlines()) == 1 and out.output.startswith(message), out.output
+
+
+def test_info_lists_tables_frames_and_models(small_store, cli):
+    out = cli("info", "--store", small_store, "--json")
+    info = json.loads(out.output)
+    assert info["format_version"] == 1 and info["sample_rate"] == 22050
+    rows = {t["table"]: t["rows"] for t in info["tables"]}
+    assert rows["tracks"] == 27 and rows["features_fma"] == 27 and rows["artists"] == 9
+    assert info["frames"]["logmel"]["tracks"] == 27
+    text = cli("info", "--store", small_store).output
+    assert "features_fma" in text and "format_version: 1" in text
+
+
+def test_every_command_help_ends_with_an_example(cli):
+    from agf.cli import app
+
+    import typer.main
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        sub = getattr(command, "commands", {name: command})
+        for leaf in sub.values():
+            assert leaf.help.strip().splitlines()[-1].startswith("Example: agf "), leaf.name
+
+
+def test_demo_quick_runs_end_to_end(tmp_path, cli):
+    out = cli("demo", "--quick", "--corpus", tmp_path / "corpus", "--store", tmp_path / "store", "--json", "--quiet")
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert report["ingest"]["ingested"] == 128 and report["ingest"]["failed"] == 0
+    assert len(report["tracks_by_genre"]) == 8
+    store = Store.open(tmp_path / "store")
+    assert store.count("features_fma") == 128

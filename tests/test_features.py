@@ -1,0 +1,84 @@
+"""Feature extractors against references computed on known signals."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from agf.ingest.features import (
+    FEATURE_DIMS,
+    FMA_COLUMNS,
+    Spectra,
+    dmfcc_vector,
+    fma_features_reference,
+    fma_vector,
+    mfcc_frames,
+    mfcc_vector,
+    statistics,
+)
+
+SR = 22050
+LOGMEL = {"n_fft": 1024, "hop_length": 512, "n_mels": 128}
+
+
+def a440(seconds: float = 5.0) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+def column(name: str, stat: str, number: int = 1) -> int:
+    return FMA_COLUMNS.index((name, stat, f"{number:02d}"))
+
+
+def test_fma_has_518_columns_in_fmas_sorted_order():
+    assert len(FMA_COLUMNS) == 518 == FEATURE_DIMS["fma"]
+    assert FMA_COLUMNS == sorted(FMA_COLUMNS)
+    assert FMA_COLUMNS[0] == ("chroma_cens", "kurtosis", "01") and FMA_COLUMNS[-1] == ("zcr", "std", "01")
+
+
+def test_shared_transforms_give_the_same_518_features_as_one_transform_per_feature():
+    rng = np.random.default_rng(0)
+    y = a440() + 0.05 * rng.standard_normal(5 * SR).astype(np.float32)
+    np.testing.assert_allclose(fma_vector(Spectra(y, SR)), fma_features_reference(y, SR), rtol=1e-5, atol=1e-5)
+
+
+def test_an_a440_sine_reads_as_a440():
+    features = fma_vector(Spectra(a440(), SR))
+    chroma_means = [features[column("chroma_stft", "mean", i)] for i in range(1, 13)]
+    cqt_means = [features[column("chroma_cqt", "mean", i)] for i in range(1, 13)]
+    assert int(np.argmax(chroma_means)) == 9  # C=0 ... A=9
+    assert int(np.argmax(cqt_means)) == 9  # wrong without bins_per_octave=12 on librosa 0.11
+    assert features[column("spectral_centroid", "median")] == pytest.approx(440, rel=0.05)
+    # a pure tone crosses zero 2 * 440 times a second
+    assert features[column("zcr", "mean")] == pytest.approx(2 * 440 / SR, rel=0.02)
+    assert features[column("rmse", "median")] > 0
+
+
+def test_mfcc_and_dmfcc_have_the_documented_sizes_and_deltas_of_a_steady_tone_are_near_zero():
+    spectra = Spectra(a440(), SR)
+    mfcc = mfcc_vector(spectra, LOGMEL)
+    dmfcc = dmfcc_vector(spectra, LOGMEL)
+    assert mfcc.shape == (140,) and dmfcc.shape == (280,)
+    medians = dmfcc[3 * 40 : 4 * 40]  # statistic order: kurtosis, max, mean, median, ...
+    assert np.abs(medians).max() < 0.05
+    assert np.abs(mfcc[3 * 20 : 4 * 20]).max() > 10  # while the MFCCs themselves are not
+
+
+def test_mfcc_frames_at_hop_1024_equal_every_other_frame_at_hop_512():
+    y = a440(3.0)
+    direct = mfcc_frames(Spectra(y, SR), n_fft=2048, hop_length=1024, n_mels=40, n_mfcc=13)
+    shared = Spectra(y, SR)
+    shared.stft(2048, 512)
+    derived = mfcc_frames(shared, n_fft=2048, hop_length=1024, n_mels=40, n_mfcc=13)
+    assert direct.shape == (1 + len(y) // 1024, 13)
+    np.testing.assert_allclose(derived, direct, rtol=1e-5, atol=1e-4)
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 4), frames=st.integers(2, 50), seed=st.integers(0, 2**16))
+def test_statistics_are_fmas_seven_per_row(rows, frames, seed):
+    x = np.random.default_rng(seed).normal(size=(rows, frames))
+    out = statistics(x).reshape(7, rows)
+    expected = [stats.kurtosis(x, axis=1), x.max(1), x.mean(1), np.median(x, 1), x.min(1), stats.skew(x, axis=1), x.std(1)]
+    np.testing.assert_allclose(out, np.nan_to_num(np.array(expected)), rtol=1e-4, atol=1e-4)

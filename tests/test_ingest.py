@@ -1,0 +1,192 @@
+"""Ingest: manifests, FMA's layout, bare folders; incremental, interruptible, and safe on bad input."""
+
+import wave
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from agf.errors import AgfError
+from agf.ingest import collect, ingest
+from agf.ingest import pipeline
+from agf.store import Store
+
+from fma_fixture import write_fma
+
+
+def test_game_music_ingests_every_clip_with_every_default_feature_set(game_store, cli):
+    out = cli("sql", "SELECT count(*) AS tracks, count(DISTINCT artist_id) AS artists FROM tracks", "--store", game_store, "--json")
+    assert out.exit_code == 0, out.output
+    assert '"tracks": 128' in out.output and '"artists": 19' in out.output
+    joined = cli(
+        "sql",
+        "SELECT a.name, count(*) AS n, min(len(m.vector)) AS mfcc_dim, min(len(d.vector)) AS dmfcc_dim "
+        "FROM tracks t JOIN artists a USING (artist_id) JOIN features_mfcc m USING (track_id) "
+        "JOIN features_dmfcc d USING (track_id) GROUP BY 1 ORDER BY n DESC, 1 LIMIT 1",
+        "--store", game_store, "--csv",
+    )
+    assert joined.output.splitlines() == ["name,n,mfcc_dim,dmfcc_dim", "LupusMechanicus,26,140,280"]
+    errors = Store.open(game_store).count("ingest_errors")
+    assert errors == 0
+
+
+def test_frames_are_found_by_track_id_with_the_recorded_shapes(game_store):
+    from agf.store import FrameCache
+
+    store = Store.open(game_store)
+    track_id = store.query("SELECT min(track_id) AS t FROM tracks")["t"][0].as_py()
+    logmel = FrameCache(game_store, "logmel").read(track_id)
+    mfcc = FrameCache(game_store, "mfcc").read(track_id)
+    assert logmel.dtype == np.float16 and logmel.shape == (1 + 30 * 22050 // 512, 128)
+    assert mfcc.dtype == np.float16 and mfcc.shape == (1 + 30 * 22050 // 1024, 13)
+    assert store.config["frames"]["mfcc"] == {"n_mfcc": 13, "n_mels": 40, "n_fft": 2048, "hop_length": 1024, "dtype": "float16"}
+
+
+def test_ingesting_again_changes_nothing(small_corpus, tmp_path):
+    store = Store.open(tmp_path / "s", create=True)
+    candidates, _ = collect(small_corpus.parent, manifest=small_corpus)
+    first = ingest(store, candidates, features=("mfcc",), workers=1, quiet=True)
+    tables_before = {n: store.query(f"SELECT * FROM {n} ORDER BY ALL").to_pylist() for n in ("tracks", "artists", "features_mfcc")}
+    second = ingest(store, candidates, features=("mfcc",), workers=2, quiet=True)
+    assert (first.ingested, second.ingested, second.skipped) == (27, 0, 27)
+    for name, rows in tables_before.items():
+        assert store.query(f"SELECT * FROM {name} ORDER BY ALL").to_pylist() == rows
+
+
+def test_force_recomputes_in_place(small_corpus, tmp_path):
+    store = Store.open(tmp_path / "s", create=True)
+    candidates, _ = collect(small_corpus.parent, manifest=small_corpus)
+    ingest(store, candidates[:4], features=("mfcc",), workers=1, quiet=True)
+    ids = store.query("SELECT track_id, path FROM tracks ORDER BY 1").to_pylist()
+    summary = ingest(store, candidates[:4], features=("mfcc",), workers=1, force=True, quiet=True)
+    assert summary.ingested == 4
+    assert store.query("SELECT track_id, path FROM tracks ORDER BY 1").to_pylist() == ids
+    assert store.count("features_mfcc") == 4
+
+
+def test_an_interrupted_ingest_keeps_its_completed_parts_and_resumes(small_corpus, tmp_path, monkeypatch):
+    store = Store.open(tmp_path / "s", create=True)
+    candidates, _ = collect(small_corpus.parent, manifest=small_corpus)
+    calls = {"n": 0}
+    real_write = pipeline.FrameCache.write
+
+    def interrupt_on_the_seventh(self, track_id, frames):
+        calls["n"] += 1
+        if calls["n"] == 2 * 6 + 1:  # two frame kinds per track: the 7th track
+            raise KeyboardInterrupt
+        real_write(self, track_id, frames)
+
+    monkeypatch.setattr(pipeline.FrameCache, "write", interrupt_on_the_seventh)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(store, candidates, features=("mfcc",), workers=1, part_size=3, quiet=True)
+    monkeypatch.undo()
+    assert store.count("tracks") == 6 and store.count("features_mfcc") == 6
+    resumed = ingest(store, candidates, features=("mfcc",), workers=1, quiet=True)
+    assert (resumed.skipped, resumed.ingested) == (6, 21)
+    assert store.query("SELECT count(DISTINCT track_id) AS n FROM tracks")["n"][0].as_py() == 27
+
+
+def test_bad_files_become_error_rows_and_the_batch_goes_on(tmp_path, small_corpus):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    good = sorted(small_corpus.parent.glob("audio/*/*.flac"))[0]
+    (folder / "good.flac").write_bytes(good.read_bytes())
+    (folder / "empty.mp3").write_bytes(b"")
+    (folder / "corrupt.mp3").write_bytes(np.random.default_rng(0).bytes(5000))
+    (folder / "truncated.flac").write_bytes(good.read_bytes()[:300])
+    (folder / "notes.wav").write_text("this is not audio")
+    sf.write(folder / "silence.wav", np.zeros(22050 * 3, dtype=np.float32), 22050)
+    with wave.open(str(folder / "two_hours.wav"), "wb") as w:  # long file: only its middle is read
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(1000)
+        tone = (np.sin(2 * np.pi * 220 * np.arange(1000) / 1000) * 8000).astype("<i2").tobytes()
+        w.writeframes(tone * 7200)
+    store = Store.open(tmp_path / "s", create=True)
+    candidates, _ = collect(folder)
+    summary = ingest(store, candidates, features=("mfcc", "dmfcc"), workers=2, quiet=True)
+    assert (summary.ingested, summary.failed) == (2, 5)
+    errors = {r["path"].split("/")[-1]: r for r in store.query("SELECT path, stage, error FROM ingest_errors").to_pylist()}
+    assert set(errors) == {"empty.mp3", "corrupt.mp3", "truncated.flac", "notes.wav", "silence.wav"}
+    assert "silent" in errors["silence.wav"]["error"]
+    assert all(e["stage"] == "decode" and "\n" not in e["error"] for e in errors.values())
+    long = store.query("SELECT duration_s, artist_id FROM tracks WHERE path LIKE '%two_hours.wav'").to_pylist()
+    assert long[0]["duration_s"] == pytest.approx(7200.0)
+    assert store.query("SELECT name FROM artists").to_pylist() == [{"name": "unknown"}]
+
+
+def test_a_manifest_pointing_at_missing_files_records_them(tmp_path, small_corpus, cli):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("file,who\nmissing.mp3,Nobody\n" + "".join(
+        f"{p},Somebody\n" for p in sorted(small_corpus.parent.glob("audio/*/*.flac"))[:2]))
+    out = cli("ingest", tmp_path, "--manifest", manifest, "--map", "file=path", "--map", "who=artist",
+              "--features", "mfcc", "--store", tmp_path / "s", "--workers", "1", "--json", "--quiet")
+    assert out.exit_code == 0, out.output
+    store = Store.open(tmp_path / "s")
+    assert store.query("SELECT stage, error FROM ingest_errors").to_pylist() == [
+        {"stage": "read", "error": "cannot read file: No such file or directory"}]
+    assert store.query("SELECT name FROM artists").to_pylist() == [{"name": "Somebody"}]
+
+
+def test_a_manifest_without_a_path_column_is_a_one_line_error(tmp_path, cli):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("file,artist\na.mp3,X\n")
+    out = cli("ingest", tmp_path, "--manifest", manifest, "--store", tmp_path / "s")
+    assert out.exit_code == 1
+    assert out.output.strip().splitlines() == [f"Error: manifest {manifest} has no 'path' column (use --map COLUMN=path)"]
+
+
+def test_the_fma_layout_ingests_with_its_genre_tree(tmp_path, cli):
+    meta, audio = write_fma(tmp_path)
+    out = cli("ingest", audio, "--fma-metadata", meta, "--features", "mfcc", "--store", tmp_path / "s", "--quiet", "--json")
+    assert out.exit_code == 0, out.output
+    store = Store.open(tmp_path / "s")
+    rows = store.query(
+        "SELECT t.source_id, a.name, al.title AS album, t.genre_top, t.genres, t.genres_all, t.tags, t.split, t.subset "
+        "FROM tracks t JOIN artists a USING (artist_id) JOIN albums al USING (album_id) ORDER BY t.source_id::INT"
+    ).to_pylist()
+    assert [r["source_id"] for r in rows] == ["2", "3", "1005", "1006"]  # 2000 has no audio here
+    assert rows[0] == {"source_id": "2", "name": "AWOL", "album": "AWOL - A Way Of Life", "genre_top": "Rock",
+                       "genres": [25], "genres_all": [12, 25], "tags": ["lo-fi", "garage"], "split": "training", "subset": "small"}
+    assert store.query("SELECT genre_id, title, parent_id, top_level FROM genres ORDER BY 1").to_pylist() == [
+        {"genre_id": 12, "title": "Rock", "parent_id": None, "top_level": 12},
+        {"genre_id": 15, "title": "Electronic", "parent_id": None, "top_level": 15},
+        {"genre_id": 25, "title": "Punk", "parent_id": 12, "top_level": 12},
+        {"genre_id": 236, "title": "Techno", "parent_id": 15, "top_level": 15},
+    ]
+    small = cli("ingest", audio, "--fma-metadata", meta, "--subset", "small", "--features", "mfcc", "--store", tmp_path / "s2", "--quiet")
+    assert small.exit_code == 0 and Store.open(tmp_path / "s2").count("tracks") == 3
+
+
+def test_fma_metadata_missing_a_required_column_is_refused(tmp_path, cli):
+    meta, audio = write_fma(tmp_path, drop_column=("artist", "id"))
+    out = cli("ingest", audio, "--fma-metadata", meta, "--store", tmp_path / "s")
+    assert out.exit_code == 1
+    assert out.output.strip() == "Error: tracks.csv lacks required column(s) artist.id"
+
+
+def test_a_bare_folder_reads_the_files_own_tags(tmp_path, small_corpus):
+    import mutagen.flac
+
+    folder = tmp_path / "tagged"
+    folder.mkdir()
+    source = sorted(small_corpus.parent.glob("audio/*/*.flac"))[0]
+    target = folder / "song.flac"
+    target.write_bytes(source.read_bytes())
+    tags = mutagen.flac.FLAC(target)
+    tags["artist"], tags["title"], tags["genre"], tags["album"] = "Björk Guðmundsdóttir", "Jóga", "Pop", "Homogenic"
+    tags.save()
+    store = Store.open(tmp_path / "s", create=True)
+    candidates, _ = collect(folder)
+    ingest(store, candidates, features=("mfcc",), workers=1, quiet=True)
+    row = store.query("SELECT t.title, a.name, t.genre_top, g.title AS genre FROM tracks t JOIN artists a USING (artist_id) "
+                      "JOIN genres g ON g.genre_id = t.genres[1]").to_pylist()
+    assert row == [{"title": "Jóga", "name": "Björk Guðmundsdóttir", "genre_top": "Pop", "genre": "Pop"}]
+
+
+def test_unknown_feature_sets_are_refused(tmp_path, cli):
+    out = cli("ingest", tmp_path, "--features", "mfcc,loudness", "--store", tmp_path / "s")
+    assert out.exit_code == 1 and "unknown feature set(s) ['loudness']" in out.output
+
+
+def test_a_missing_audio_folder_is_refused():
+    with pytest.raises(AgfError, match="does not exist"):
+        collect("/nonexistent/audio")

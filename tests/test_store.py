@@ -1,0 +1,130 @@
+"""The store: atomic parts, views over every table, read-only SQL, format versions, compaction."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agf.errors import AgfError
+from agf.store import SCHEMAS, Store, fixed_vectors
+from agf.store import parts as parts_module
+
+
+def _artists(ids):
+    return pa.table({"artist_id": pa.array(ids, pa.int64()), "source_id": [f"a{i}" for i in ids], "name": [f"Artist {i}" for i in ids]})
+
+
+def _names(store):
+    return store.query("SELECT artist_id FROM artists ORDER BY artist_id")["artist_id"].to_pylist()
+
+
+def test_a_new_store_has_every_table_as_a_view(tmp_path):
+    store = Store.open(tmp_path / "s", create=True)
+    for name, schema in SCHEMAS.items():
+        result = store.sql(f"SELECT * FROM {name}")
+        assert result.num_rows == 0
+        assert result.column_names == schema.names
+
+
+def test_a_crash_before_the_commit_leaves_the_table_unchanged(tmp_path, monkeypatch):
+    store = Store.open(tmp_path / "s", create=True)
+    store.write(append={"artists": _artists([1, 2])})
+
+    def crash(*args, **kwargs):
+        raise OSError("power cut")
+
+    monkeypatch.setattr(parts_module.os, "replace", crash)
+    with pytest.raises(OSError):
+        store.write(append={"artists": _artists([3])}, replace={"genres": SCHEMAS["genres"].empty_table()})
+    monkeypatch.undo()
+    assert _names(store) == [1, 2]
+    store.close()
+    reopened = Store.open(tmp_path / "s", write=True)
+    assert _names(reopened) == [1, 2]
+    assert not list((tmp_path / "s" / "tables").glob("*/.*.tmp"))
+
+
+def test_a_crash_after_the_commit_point_is_finished_on_reopen(tmp_path, monkeypatch):
+    store = Store.open(tmp_path / "s", create=True)
+    store.write(append={"artists": _artists([1, 2])})
+
+    def crash(root, journal):
+        raise KeyboardInterrupt  # killed after the journal was written, before the renames
+
+    monkeypatch.setattr(parts_module, "_apply", crash)
+    with pytest.raises(KeyboardInterrupt):
+        store.write(replace={"artists": _artists([7, 8, 9])})
+    monkeypatch.undo()
+    store.close()
+    reopened = Store.open(tmp_path / "s", write=True)
+    assert _names(reopened) == [7, 8, 9]
+
+
+def test_sql_is_read_only(tmp_path):
+    store = Store.open(tmp_path / "s", create=True)
+    store.write(append={"artists": _artists([1])})
+    before = sorted(p.name for p in (tmp_path / "s").rglob("*"))
+    for statement in [
+        "INSERT INTO artists VALUES (2, 'b', 'B')",
+        "CREATE TABLE t AS SELECT 1",
+        f"COPY artists TO '{tmp_path}/s/tables/artists/x.parquet'",
+        "DROP VIEW artists",
+        "SELECT 1; DELETE FROM artists",
+    ]:
+        with pytest.raises(AgfError, match="read-only"):
+            store.sql(statement)
+    assert sorted(p.name for p in (tmp_path / "s").rglob("*")) == before
+    assert store.sql("SELECT name FROM artists").to_pylist() == [{"name": "Artist 1"}]
+
+
+def test_vectors_are_fixed_size_arrays_in_sql(tmp_path):
+    store = Store.open(tmp_path / "s", create=True)
+    vectors = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0]], dtype=np.float32)
+    store.write(append={"features_mfcc": pa.table({"track_id": pa.array([1, 2, 3], pa.int64()), "vector": fixed_vectors(vectors)})})
+    rows = store.sql(
+        "SELECT b.track_id, round(array_cosine_similarity(a.vector, b.vector)::DOUBLE, 4) AS s "
+        "FROM features_mfcc a, features_mfcc b WHERE a.track_id = 1 ORDER BY s DESC, b.track_id"
+    ).to_pylist()
+    assert rows == [{"track_id": 1, "s": 1.0}, {"track_id": 3, "s": 0.7071}, {"track_id": 2, "s": 0.0}]
+    assert store.sql("SELECT typeof(vector) AS t FROM features_mfcc LIMIT 1").to_pylist() == [{"t": "FLOAT[3]"}]
+
+
+def test_a_store_from_a_newer_version_is_refused(tmp_path):
+    Store.open(tmp_path / "s", create=True).close()
+    meta_path = tmp_path / "s" / "store.json"
+    meta = json.loads(meta_path.read_text())
+    meta["format_version"] = 99
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(AgfError, match="format version 99, newer"):
+        Store.open(tmp_path / "s")
+
+
+def test_a_second_writer_is_refused(tmp_path):
+    first = Store.open(tmp_path / "s", create=True)
+    with pytest.raises(AgfError, match="another agf process"):
+        Store.open(tmp_path / "s", write=True)
+    first.close()
+    Store.open(tmp_path / "s", write=True).close()
+
+
+def test_rewriting_keeps_matching_rows_and_appends(tmp_path):
+    store = Store.open(tmp_path / "s", create=True)
+    store.write(append={"artists": _artists([1, 2, 3])})
+    store.write(append={"artists": _artists([10])}, keep_where={"artists": "artist_id <> 2"})
+    assert _names(store) == [1, 3, 10]
+    assert len(store.parts("artists")) == 1
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(st.lists(st.integers(0, 10**9), max_size=20), min_size=1, max_size=6))
+def test_compaction_keeps_content_identical(tmp_path_factory, batches):
+    store = Store.open(tmp_path_factory.mktemp("c") / "s", create=True)
+    for batch in batches:
+        store.write(append={"artists": _artists(batch)})
+    before = store.query("SELECT * FROM artists").to_pylist()
+    store.compact()
+    assert len(store.parts("artists")) == 1
+    assert store.query("SELECT * FROM artists").to_pylist() == before
