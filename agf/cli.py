@@ -164,6 +164,71 @@ def ingest(
     return summary.as_dict()
 
 
+# -- factors ------------------------------------------------------------------------------------
+
+factors_app = typer.Typer(help="Artist Group Factors: build, update, show.", no_args_is_help=True)
+app.add_typer(factors_app, name="factors")
+
+
+@factors_app.command("build")
+@command
+def factors_build(
+    source: Annotated[str | None, typer.Option(help="Sources, comma-separated: mfcc,dmfcc,fma,essentia,tags (default: all the store supports).")] = None,
+    clusters: Annotated[int, typer.Option(help="K-Means clusters per audio source (K).")] = 2048,
+    topics: Annotated[int, typer.Option(help="LDA topics: the size of each AGF.")] = 40,
+    min_tracks: Annotated[int, typer.Option(help="Artists with fewer tracks are projected, not fitted on.")] = 2,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    store: StoreDir = DEFAULT_STORE,
+    quiet: Quiet = False,
+):
+    """Fit the cluster dictionaries and LDA of each source and store every artist's factors.
+
+    A refit is a new model version; the old one's rows stay queryable by model_id.
+
+    Example: agf factors build --source mfcc,dmfcc,tags --clusters 2048 --topics 40
+    """
+    from agf.models.factors import FactorParams, build_factors, parse_sources
+
+    with _open(store, write=True) as opened:
+        params = FactorParams(clusters=clusters, topics=topics, min_tracks=min_tracks, seed=seed)
+        return build_factors(opened, parse_sources(opened, source), params, quiet=quiet)
+
+
+@factors_app.command("update")
+@command
+def factors_update(
+    source: Annotated[str | None, typer.Option(help="Sources to update (default: every fitted one).")] = None,
+    store: StoreDir = DEFAULT_STORE,
+    quiet: Quiet = False,
+):
+    """Project tracks and artists ingested since the factors were built, without refitting.
+
+    Example: agf factors update
+    """
+    from agf.models.factors import parse_sources, update_factors
+
+    with _open(store, write=True) as opened:
+        return update_factors(opened, parse_sources(opened, source) if source else None, quiet=quiet)
+
+
+@factors_app.command("show")
+@command
+def factors_show(
+    artist: Annotated[str | None, typer.Argument(help="Artist name (case- and accent-insensitive).")] = None,
+    artist_id: Annotated[int | None, typer.Option("--id", help="Artist id instead of a name.")] = None,
+    store: StoreDir = DEFAULT_STORE,
+):
+    """Show an artist's strongest factors per source and the artists sharing its strongest one.
+
+    Example: agf factors show "Doug Kaufman"
+    """
+    from agf.models.factors import show_artist
+    from agf.store.artists import resolve_artist
+
+    opened = _open(store)
+    return show_artist(opened, resolve_artist(opened, artist, artist_id))
+
+
 # -- the demo -----------------------------------------------------------------------------------
 
 

@@ -1,0 +1,1 @@
+"""What the store learns: Artist Group Factors, the CNNs, the transfer classifier, evaluation."""

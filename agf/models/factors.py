@@ -1,0 +1,390 @@
+"""Artist Group Factors: cluster dictionaries, artist bag-of-words, and LDA topic mixtures.
+
+For each source (METHOD.md):
+
+- ``mfcc`` / ``dmfcc``: K-Means over the frame-level MFCC vectors of every track (or their
+  frame-to-frame differences), streamed from the frame cache; a track's words are its frames'
+  clusters.
+- ``fma`` / ``essentia``: K-Means over one descriptor vector per track; a track is one word.
+- ``tags``: every genre id (``tracks.genres``) and tag of a track is a word.
+
+An artist's bag-of-words counts its tracks' words divided by its number of tracks; LDA over the
+artist × word matrix gives each artist a topic mixture, its AGF.
+
+Implementation choices (where the paper and its code are silent, or where speed demands):
+the K-Means dictionary is FAISS K-Means fitted on at most ``max_fit_points`` standardised
+points sampled evenly across tracks (the authors used scikit-learn's MiniBatchKMeans; FAISS
+fits and assigns an order of magnitude faster, see ``bench/factors.py``), and every frame is
+then assigned to its nearest centroid in batches. Points are standardised with a
+StandardScaler (the authors did not standardise the Essentia vectors; ``standardise=False``
+restores that). K is lowered to a quarter of the points when there are fewer than 4 K points
+(a small corpus), and the value used is recorded.
+"""
+
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+from scipy import sparse
+
+from agf.errors import AgfError
+from agf.progress import progress_bar, say
+from agf.store import FrameCache, Store, fixed_vectors
+from agf.store.models import latest_model, load_pickle, save_pickle
+
+FRAME_SOURCES = ("mfcc", "dmfcc")
+VECTOR_SOURCES = ("fma", "essentia")
+SOURCES = (*FRAME_SOURCES, *VECTOR_SOURCES, "tags")
+KIND = "factors"
+
+
+@dataclass
+class FactorParams:
+    """Options of ``agf factors build``; the defaults are the authors' (K=2048, 40 topics)."""
+
+    clusters: int = 2048
+    topics: int = 40
+    min_tracks: int = 2
+    seed: int = 0
+    max_fit_points: int = 256 * 2048
+    kmeans_iterations: int = 20
+    lda_passes: int = 10
+    standardise: bool = True
+
+
+# -- reading a source's points ------------------------------------------------------------------
+
+
+class _Points:
+    """The points of one source, per track: frames (n, 13) or one vector (1, d)."""
+
+    def __init__(self, store: Store, source: str):
+        self.source = source
+        if source in FRAME_SOURCES:
+            self.cache = FrameCache(store.root, "mfcc")
+        else:
+            table = store.query(f"SELECT track_id, vector FROM features_{source}")
+            if table.num_rows == 0:
+                raise AgfError(f"the {source} feature set is not stored: ingest with --features {source}")
+            ids = table["track_id"].to_numpy()
+            matrix = np.asarray(table["vector"].combine_chunks().flatten(), dtype=np.float32).reshape(len(ids), -1)
+            self.vectors = dict(zip(ids.tolist(), matrix))
+
+    def has(self, track_id: int) -> bool:
+        return track_id in self.cache if self.source in FRAME_SOURCES else track_id in self.vectors
+
+    def of(self, track_id: int) -> np.ndarray:
+        if self.source == "mfcc":
+            return np.asarray(self.cache.read(track_id), dtype=np.float32)
+        if self.source == "dmfcc":
+            return np.diff(np.asarray(self.cache.read(track_id), dtype=np.float32), axis=0)
+        return self.vectors[track_id][None, :]
+
+
+def _sample(points: _Points, track_ids: list[int], budget: int, rng: np.random.Generator) -> np.ndarray:
+    """At most ``budget`` points, spread evenly over tracks, for fitting the dictionary."""
+    per_track = max(1, budget // max(1, len(track_ids)))
+    chunks = []
+    for track_id in track_ids:
+        x = points.of(track_id)
+        if len(x) > per_track:
+            x = x[np.sort(rng.choice(len(x), per_track, replace=False))]
+        chunks.append(x)
+    return np.concatenate(chunks)
+
+
+# -- dictionaries -------------------------------------------------------------------------------
+
+
+@dataclass
+class Dictionary:
+    """A fitted source: scaler statistics and centroids (K-Means sources) or a vocabulary (tags)."""
+
+    source: str
+    mean: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    centroids: np.ndarray | None = None
+    vocabulary: dict | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.vocabulary) if self.vocabulary is not None else len(self.centroids)
+
+    def assign(self, x: np.ndarray) -> np.ndarray:
+        """Nearest centroid of each row of ``x`` (n, d): (n,) int64 cluster ids."""
+        import faiss
+
+        index = faiss.IndexFlatL2(self.centroids.shape[1])
+        index.add(self.centroids)
+        _, labels = index.search(np.ascontiguousarray((x - self.mean) / self.scale, dtype=np.float32), 1)
+        return labels[:, 0]
+
+
+def fit_dictionary(source: str, points: _Points | None, tracks: list[dict], params: FactorParams) -> Dictionary:
+    """Fit the scaler and K-Means (or the tag vocabulary) on ``tracks``."""
+    if source == "tags":
+        words = sorted({w for t in tracks for w in _words(t)})
+        return Dictionary(source, vocabulary={w: i for i, w in enumerate(words)})
+    import faiss
+
+    rng = np.random.default_rng(params.seed)
+    sample = _sample(points, [t["track_id"] for t in tracks], params.max_fit_points, rng)
+    mean = sample.mean(axis=0) if params.standardise else np.zeros(sample.shape[1], np.float32)
+    scale = sample.std(axis=0) if params.standardise else np.ones(sample.shape[1], np.float32)
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    k = min(params.clusters, max(2, len(sample) // 4))
+    if len(sample) < 2:
+        raise AgfError(f"{source}: too few points to cluster ({len(sample)})")
+    kmeans = faiss.Kmeans(sample.shape[1], k, niter=params.kmeans_iterations, seed=params.seed,
+                          max_points_per_centroid=max(256, len(sample) // k + 1), verbose=False)
+    kmeans.train(np.ascontiguousarray((sample - mean) / scale, dtype=np.float32))
+    return Dictionary(source, mean=mean.astype(np.float32), scale=scale, centroids=kmeans.centroids.copy())
+
+
+def _words(track: dict) -> list[str]:
+    return [f"genre:{g}" for g in track["genres"] or []] + [f"tag:{t.casefold()}" for t in track["tags"] or []]
+
+
+def histograms(dictionary: Dictionary, points: _Points | None, tracks: list[dict], quiet: bool = True,
+               batch_points: int = 1 << 20) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Each track's words as sparse counts: ``{track_id: (word_ids, counts)}`` (int32 arrays).
+
+    Frames are assigned in batches of about ``batch_points`` rows, so memory stays bounded.
+    """
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    if dictionary.source == "tags":
+        for t in tracks:
+            ids = [dictionary.vocabulary[w] for w in _words(t) if w in dictionary.vocabulary]
+            if ids:
+                out[t["track_id"]] = _counts(np.asarray(ids))
+        return out
+    pending: list[tuple[int, np.ndarray]] = []
+    size = 0
+
+    def flush():
+        nonlocal pending, size
+        if not pending:
+            return
+        labels = dictionary.assign(np.concatenate([x for _, x in pending]))
+        offsets = np.cumsum([0] + [len(x) for _, x in pending])
+        for (track_id, _), a, b in zip(pending, offsets[:-1], offsets[1:]):
+            out[track_id] = _counts(labels[a:b])
+        pending, size = [], 0
+
+    with progress_bar(len(tracks), f"assign {dictionary.source}", "tracks", quiet) as bar:
+        for t in tracks:
+            x = points.of(t["track_id"])
+            if len(x):
+                pending.append((t["track_id"], x))
+                size += len(x)
+            if size >= batch_points:
+                flush()
+            bar.advance()
+        flush()
+    return out
+
+
+def _counts(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ids, counts = np.unique(labels, return_counts=True)
+    return ids.astype(np.int32), counts.astype(np.int32)
+
+
+def artist_bags(tracks: list[dict], hist: dict, n_words: int) -> tuple[list[int], sparse.csr_matrix, dict[int, int]]:
+    """Artist bag-of-words: word counts over the artist's tracks divided by its number of tracks.
+
+    Returns (artist_ids, matrix (n_artists, n_words) CSR float32, tracks per artist); artists
+    whose tracks have no words are left out.
+    """
+    n_tracks: dict[int, int] = defaultdict(int)
+    rows: dict[int, dict[int, float]] = defaultdict(lambda: defaultdict(float))
+    for t in tracks:
+        n_tracks[t["artist_id"]] += 1
+        if t["track_id"] in hist:
+            ids, counts = hist[t["track_id"]]
+            row = rows[t["artist_id"]]
+            for i, c in zip(ids.tolist(), counts.tolist()):
+                row[i] += c
+    artist_ids = sorted(rows)
+    data, indices, indptr = [], [], [0]
+    for a in artist_ids:
+        words = sorted(rows[a].items())
+        indices.extend(w for w, _ in words)
+        data.extend(c / n_tracks[a] for _, c in words)
+        indptr.append(len(indices))
+    matrix = sparse.csr_matrix((np.asarray(data, np.float32), indices, indptr), shape=(len(artist_ids), n_words))
+    return artist_ids, matrix, dict(n_tracks)
+
+
+# -- building and updating ----------------------------------------------------------------------
+
+
+def _tracks(store: Store) -> list[dict]:
+    return store.query("SELECT track_id, artist_id, genres, tags FROM tracks ORDER BY track_id").to_pylist()
+
+
+def default_sources(store: Store) -> list[str]:
+    """The sources the stored data supports: mfcc, dmfcc, each stored descriptor set, tags."""
+    sources = list(FRAME_SOURCES)
+    sources += [s for s in VECTOR_SOURCES if store.count(f"features_{s}")]
+    if store.query("SELECT count(*) AS n FROM tracks WHERE len(genres) > 0 OR len(tags) > 0")["n"][0].as_py():
+        sources.append("tags")
+    return sources
+
+
+def parse_sources(store: Store, spec: str | None) -> list[str]:
+    if not spec:
+        return default_sources(store)
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SOURCES]
+    if unknown:
+        raise AgfError(f"unknown factor source(s) {unknown}; choose from {', '.join(SOURCES)}")
+    return names
+
+
+def build_factors(store: Store, sources: list[str], params: FactorParams, quiet: bool = False) -> list[dict]:
+    """Fit and store the factors of each source; returns one summary per source."""
+    tracks = _tracks(store)
+    if not tracks:
+        raise AgfError("the store has no tracks: run `agf ingest` first")
+    return [_build_source(store, source, tracks, params, quiet) for source in sources]
+
+
+def _build_source(store: Store, source: str, tracks: list[dict], params: FactorParams, quiet: bool) -> dict:
+    from sklearn.decomposition import LatentDirichletAllocation
+
+    started = time.perf_counter()
+    points = None if source == "tags" else _Points(store, source)
+    usable = [t for t in tracks if source == "tags" or points.has(t["track_id"])]
+    per_artist = defaultdict(int)
+    for t in usable:
+        per_artist[t["artist_id"]] += 1
+    fitting = [t for t in usable if per_artist[t["artist_id"]] >= params.min_tracks]
+    if len({t["artist_id"] for t in fitting}) < 2:
+        raise AgfError(f"{source}: fewer than 2 artists have {params.min_tracks}+ tracks; lower --min-tracks")
+    say(f"{source}: fitting on {len(fitting)} tracks of {len({t['artist_id'] for t in fitting})} artists", quiet)
+    dictionary = fit_dictionary(source, points, fitting, params)
+    hist = histograms(dictionary, points, usable, quiet)
+    artist_ids, bags, n_tracks = artist_bags(usable, hist, dictionary.size)
+    fit_rows = [i for i, a in enumerate(artist_ids) if n_tracks[a] >= params.min_tracks]
+    if len(fit_rows) < 2:
+        raise AgfError(f"{source}: fewer than 2 artists have words to fit topics on")
+    lda = LatentDirichletAllocation(
+        n_components=params.topics, learning_method="batch" if len(fit_rows) <= 4096 else "online",
+        max_iter=params.lda_passes, batch_size=512, random_state=params.seed,
+    )
+    lda.fit(bags[fit_rows])
+    perplexity = float(lda.perplexity(bags[fit_rows]))
+    factors = lda.transform(bags)
+    seconds = time.perf_counter() - started
+    summary = {
+        "source": source, "clusters": dictionary.size if source != "tags" else None,
+        "words": dictionary.size, "topics": params.topics, "tracks": len(usable),
+        "artists_fit": len(fit_rows), "artists": len(artist_ids), "perplexity": round(perplexity, 2),
+        "seconds": round(seconds, 2),
+    }
+    model = {"dictionary": dictionary, "lda": lda, "params": asdict(params)}
+    model_id = save_pickle(store, KIND, source, model, {**asdict(params), "clusters_used": dictionary.size},
+                           {k: summary[k] for k in ("perplexity", "artists_fit", "artists", "tracks", "seconds")})
+    _write_rows(store, source, model_id, hist, artist_ids, bags, factors, replace_model=True)
+    return {"model_id": model_id, **summary}
+
+
+def _write_rows(store: Store, source: str, model_id: str, hist: dict, artist_ids: list[int], bags, factors,
+                replace_model: bool) -> None:
+    track_ids = sorted(hist)
+    clusters = pa.table({
+        "track_id": pa.array(track_ids, pa.int64()),
+        "source": [source] * len(track_ids),
+        "model_id": [model_id] * len(track_ids),
+        "cluster_ids": [hist[t][0] for t in track_ids],
+        "counts": [hist[t][1] for t in track_ids],
+    })
+    bow = pa.table({
+        "artist_id": pa.array(artist_ids, pa.int64()),
+        "source": [source] * len(artist_ids),
+        "model_id": [model_id] * len(artist_ids),
+        "word_ids": [bags[i].indices.astype(np.int32) for i in range(len(artist_ids))],
+        "weights": [bags[i].data.astype(np.float32) for i in range(len(artist_ids))],
+    })
+    agf = pa.table({
+        "artist_id": pa.array(artist_ids, pa.int64()),
+        "source": [source] * len(artist_ids),
+        "model_id": [model_id] * len(artist_ids),
+        "factors": fixed_vectors(factors),
+    })
+    append = {"clusters": clusters, "artist_bow": bow, "agf": agf}
+    # Rebuilding with identical data and seed gives the same model id: replace its rows, not duplicate them.
+    keep = {name: f"model_id <> '{model_id}'" for name in append} if replace_model else None
+    store.write(append=append, keep_where=keep, params={"model_id": model_id, "source": source})
+
+
+def update_factors(store: Store, sources: list[str] | None = None, quiet: bool = False) -> list[dict]:
+    """Project tracks and artists added since each source's model was fitted, without refitting.
+
+    New tracks get their cluster counts; artists that have no factors under the current model
+    get a bag-of-words and an LDA projection. Existing rows are not changed.
+    """
+    tracks = _tracks(store)
+    results = []
+    for source in sources or SOURCES:
+        row = latest_model(store, KIND, source)
+        if row is None:
+            if sources:
+                raise AgfError(f"no {source} factors to update: run `agf factors build --source {source}` first")
+            continue
+        model = load_pickle(store, row["model_id"])
+        points = None if source == "tags" else _Points(store, source)
+        known = set(store.query("SELECT track_id FROM clusters WHERE model_id = ?", [row["model_id"]])["track_id"].to_pylist())
+        usable = [t for t in tracks if source == "tags" or points.has(t["track_id"])]
+        new_tracks = [t for t in usable if t["track_id"] not in known]
+        hist = histograms(model["dictionary"], points, new_tracks, quiet)
+        have = set(store.query("SELECT artist_id FROM agf WHERE model_id = ?", [row["model_id"]])["artist_id"].to_pylist())
+        new_artists = {t["artist_id"] for t in usable} - have
+        mine = [t for t in usable if t["artist_id"] in new_artists]
+        stored = store.query(
+            "SELECT track_id, cluster_ids, counts FROM clusters WHERE model_id = ? AND track_id IN "
+            "(SELECT unnest(?::BIGINT[]))", [row["model_id"], [t["track_id"] for t in mine]]
+        ).to_pylist()
+        all_hist = {r["track_id"]: (np.asarray(r["cluster_ids"], np.int32), np.asarray(r["counts"], np.int32)) for r in stored}
+        all_hist.update(hist)
+        artist_ids, bags, _ = artist_bags(mine, all_hist, model["dictionary"].size)
+        factors = model["lda"].transform(bags) if artist_ids else np.zeros((0, model["lda"].n_components))
+        _write_rows(store, source, row["model_id"], hist, artist_ids, bags, factors, replace_model=False)
+        results.append({"source": source, "model_id": row["model_id"], "new_tracks": len(hist), "new_artists": len(artist_ids)})
+    return results
+
+
+def current_factors(store: Store, source: str) -> tuple[list[int], np.ndarray]:
+    """Artist ids and their AGF matrix (n_artists, topics) under the newest model of ``source``."""
+    row = latest_model(store, KIND, source)
+    if row is None:
+        return [], np.zeros((0, 0), np.float32)
+    table = store.query("SELECT artist_id, factors FROM agf WHERE model_id = ? ORDER BY artist_id", [row["model_id"]])
+    ids = table["artist_id"].to_pylist()
+    matrix = np.asarray(table["factors"].combine_chunks().flatten(), np.float32).reshape(len(ids), -1)
+    return ids, matrix
+
+
+def show_artist(store: Store, artist: dict, top: int = 5) -> dict:
+    """An artist's strongest factors per source, and the artists that share its strongest one."""
+    names = {r["artist_id"]: r["name"] for r in store.query("SELECT artist_id, name FROM artists").to_pylist()}
+    rows = []
+    for source in SOURCES:
+        ids, matrix = current_factors(store, source)
+        if artist["artist_id"] not in ids:
+            continue
+        vector = matrix[ids.index(artist["artist_id"])]
+        order = np.argsort(-vector)
+        strongest = int(order[0])
+        sharing = [i for i in np.argsort(-matrix[:, strongest]) if ids[i] != artist["artist_id"]][:top]
+        rows.append({
+            "source": source,
+            "top_factors": ", ".join(f"{int(f)}:{vector[f]:.2f}" for f in order[:3]),
+            "shares_factor_with": ", ".join(f"{names[ids[i]]} ({matrix[i, strongest]:.2f})" for i in sharing),
+        })
+    if not rows:
+        raise AgfError(f"{artist['name']} has no factors yet: run `agf factors build` (or `agf factors update`)")
+    return {"artist": artist["name"], "artist_id": artist["artist_id"], "tracks": artist["tracks"], "factors": rows}
+

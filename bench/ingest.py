@@ -1,0 +1,81 @@
+"""Ingest throughput on the game-music clips: clips/s and peak memory, against the plain loop.
+
+Runs each configuration in a fresh process (so peak memory is its own) over the same files:
+
+- ``default``: ``agf ingest`` with the default feature sets and frame matrices, all workers;
+- ``default-1w``: the same with one worker (workers' scaling is default / default-1w);
+- ``fma``: ``agf ingest --features fma``, all workers;
+- ``plain-fma``: the straightforward single-process loop: decode each file, then compute
+  FMA's 518 features the way a plain port of its features.py does (one transform per feature).
+
+Usage: python bench/ingest.py [--data ../shared/data/game-music] [--limit N]
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "game-music"
+
+
+def _peak_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024
+
+
+def run_one(config: str, data: Path, limit: int) -> dict:
+    from agf.ingest import collect, ingest
+    from agf.ingest.audio import load_clip
+    from agf.ingest.features import fma_features_reference
+    from agf.store import Store
+
+    candidates, _ = collect(data, manifest=data / "manifest.csv")
+    candidates = candidates[:limit]
+    # Warm librosa's numba caches outside the timed region.
+    y, _, _ = load_clip(candidates[0].path, 22050, 5.0)
+    fma_features_reference(y, 22050)
+    started = time.perf_counter()
+    if config == "plain-fma":
+        for c in candidates:
+            y, _, _ = load_clip(c.path, 22050, 30.0)
+            fma_features_reference(y, 22050)
+    else:
+        features = ("fma",) if config == "fma" else ("mfcc", "dmfcc")
+        workers = 1 if config.endswith("-1w") else None
+        with tempfile.TemporaryDirectory() as tmp, Store.open(Path(tmp) / "s", create=True) as store:
+            summary = ingest(store, candidates, features=features, workers=workers, quiet=True)
+            assert summary.ingested == len(candidates), summary
+    seconds = time.perf_counter() - started
+    return {"config": config, "clips": len(candidates), "seconds": round(seconds, 2),
+            "clips_per_s": round(len(candidates) / seconds, 2), "peak_mb": round(_peak_mb())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--limit", type=int, default=128)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.data, args.limit)))
+        return
+    results = {}
+    for config in ("default", "default-1w", "fma", "plain-fma"):
+        out = subprocess.run([sys.executable, __file__, "--one", config, "--data", str(args.data), "--limit", str(args.limit)],
+                             check=True, capture_output=True, text=True)
+        results[config] = json.loads(out.stdout.strip().splitlines()[-1])
+        r = results[config]
+        print(f"{config:12s} {r['clips']:4d} clips  {r['seconds']:7.2f} s  {r['clips_per_s']:6.2f} clips/s  peak {r['peak_mb']:5d} MB", flush=True)
+    print(f"workers scaling (default vs one worker): {results['default']['clips_per_s'] / results['default-1w']['clips_per_s']:.2f}x")
+    print(f"fma through agf vs the plain loop: {results['fma']['clips_per_s'] / results['plain-fma']['clips_per_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Artist Group Factors on real audio: build, the soundtrack figure, update, show, determinism."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from agf.ingest import collect, ingest
+from agf.models.factors import FactorParams, build_factors, current_factors, update_factors
+from agf.store import Store
+
+
+def _soundtrack_similarity(store: Store, source: str) -> tuple[float, float]:
+    """Mean cosine similarity of AGFs between artists of the same soundtrack, and of different ones."""
+    album = {r["artist_id"]: r["album"] for r in store.query(
+        "SELECT artist_id, mode(album_id) AS album FROM tracks GROUP BY 1").to_pylist()}
+    ids, matrix = current_factors(store, source)
+    unit = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+    cosine = unit @ unit.T
+    same, different = [], []
+    for i in range(len(ids)):
+        for j in range(i + 1, len(ids)):
+            (same if album[ids[i]] == album[ids[j]] else different).append(cosine[i, j])
+    return float(np.mean(same)), float(np.mean(different))
+
+
+@pytest.fixture(scope="module")
+def game_factors(game_store, tmp_path_factory):
+    root = tmp_path_factory.mktemp("factors") / "store"
+    shutil.copytree(game_store, root)
+    return root
+
+
+def test_game_music_factors_group_artists_of_one_soundtrack(game_factors, cli):
+    # 19 artists: the authors' K=2048 / 40 topics are sized for FMA's 16k, so use a small dictionary.
+    out = cli("factors", "build", "--clusters", "64", "--topics", "8", "--store", game_factors, "--json", "--quiet")
+    assert out.exit_code == 0, out.output
+    summary = {s["source"]: s for s in json.loads(out.output)}
+    assert set(summary) == {"mfcc", "dmfcc", "tags"}
+    assert summary["mfcc"]["artists"] == 19 and summary["tags"]["artists"] == 16  # 3 artists have no genre
+    store = Store.open(game_factors)
+    for source in ("mfcc", "dmfcc", "tags"):
+        same, different = _soundtrack_similarity(store, source)
+        print(f"{source}: same soundtrack {same:.3f}, different soundtracks {different:.3f}")
+        assert same > different, source
+    sums = store.query("SELECT source, min(list_sum(factors)) AS lo, max(list_sum(factors)) AS hi FROM agf GROUP BY 1").to_pylist()
+    assert all(abs(r["lo"] - 1) < 1e-4 and abs(r["hi"] - 1) < 1e-4 for r in sums)
+    assert store.query("SELECT count(*) AS n FROM clusters WHERE source = 'mfcc'")["n"][0].as_py() == 128
+    frames = store.query("SELECT sum(list_sum(counts)) AS n FROM clusters WHERE source = 'mfcc'")["n"][0].as_py()
+    assert frames == 128 * (1 + 30 * 22050 // 1024)  # every frame of every track has its cluster
+
+
+def test_factors_show_names_the_strongest_factors_and_who_shares_them(game_factors, cli):
+    if not Store.open(game_factors).count("agf"):
+        cli("factors", "build", "--clusters", "64", "--topics", "8", "--store", game_factors, "--quiet")
+    out = cli("factors", "show", "DOUG KAUFMAN", "--store", game_factors, "--json")
+    assert out.exit_code == 0, out.output
+    shown = json.loads(out.output)
+    assert shown["artist"] == "Doug Kaufman" and shown["tracks"] == 6
+    assert [r["source"] for r in shown["factors"]] == ["mfcc", "dmfcc", "tags"]
+    unknown = cli("factors", "show", "Doug Kaufmann", "--store", game_factors)
+    assert unknown.exit_code == 1 and "did you mean 'Doug Kaufman'" in unknown.output
+
+
+def test_building_is_deterministic_and_a_refit_keeps_the_old_version(small_store, tmp_path):
+    root = tmp_path / "s"
+    shutil.copytree(small_store, root)
+    params = FactorParams(clusters=16, topics=4, seed=3)
+    with Store.open(root, write=True) as store:
+        first = build_factors(store, ["mfcc", "tags"], params, quiet=True)
+        again = build_factors(store, ["mfcc", "tags"], params, quiet=True)
+        assert [s["model_id"] for s in first] == [s["model_id"] for s in again]
+        assert store.count("agf") == 2 * 9  # same model: rows replaced, not duplicated
+        refit = build_factors(store, ["mfcc"], FactorParams(clusters=16, topics=4, seed=4), quiet=True)
+        assert refit[0]["model_id"] != first[0]["model_id"]
+        versions = store.query("SELECT model_id, count(*) AS n FROM agf WHERE source = 'mfcc' GROUP BY 1").to_pylist()
+        assert sorted(r["n"] for r in versions) == [9, 9]
+
+
+def test_update_projects_new_artists_without_changing_existing_rows(small_corpus, tmp_path):
+    store = Store.open(tmp_path / "s", create=True)
+    candidates, _ = collect(small_corpus.parent, manifest=small_corpus)
+    # each genre's third artist comes later (candidates run genre, artist, track)
+    later = [c for i, c in enumerate(candidates) if (i // 3) % 3 == 2]
+    first = [c for c in candidates if c not in later]
+    ingest(store, first, features=("mfcc",), workers=1, quiet=True)
+    build_factors(store, ["mfcc", "dmfcc", "tags"], FactorParams(clusters=16, topics=4), quiet=True)
+    before = store.query("SELECT * FROM agf ORDER BY source, artist_id").to_pylist()
+    ingest(store, later, features=("mfcc",), workers=1, quiet=True)
+    updated = update_factors(store, quiet=True)
+    assert [(u["source"], u["new_tracks"], u["new_artists"]) for u in updated] == [
+        ("mfcc", 9, 3), ("dmfcc", 9, 3), ("tags", 9, 3)]
+    after = store.query("SELECT * FROM agf ORDER BY source, artist_id").to_pylist()
+    assert [r for r in after if r["artist_id"] <= 6] == before  # the first ingest's 6 artists
+    assert store.query("SELECT count(DISTINCT artist_id) AS n FROM agf")["n"][0].as_py() == 9
+    assert update_factors(store, quiet=True)[0]["new_artists"] == 0
+
+
+def test_too_few_artists_is_a_clear_error(small_store, tmp_path, cli):
+    root = tmp_path / "s"
+    shutil.copytree(small_store, root)
+    out = cli("factors", "build", "--min-tracks", "10", "--source", "mfcc", "--store", root)
+    assert out.exit_code == 1
+    assert out.output.strip() == "Error: mfcc: fewer than 2 artists have 10+ tracks; lower --min-tracks"
