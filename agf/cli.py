@@ -229,6 +229,90 @@ def factors_show(
     return show_artist(opened, resolve_artist(opened, artist, artist_id))
 
 
+# -- training, embeddings, evaluation ------------------------------------------------------------
+
+Split = Annotated[str, typer.Option(help="auto (FMA's set.split where every track has one, else artist), artist, random, stored.")]
+Seed = Annotated[int, typer.Option(help="Random seed.")]
+Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")]
+
+
+@app.command()
+@command
+def train(
+    target: Annotated[str, typer.Option(help="genre, agf:mfcc, agf:dmfcc, agf:fma, agf:essentia, agf:tags, all (every CNN), or transfer.")] = "all",
+    epochs: Annotated[int | None, typer.Option(help="Most epochs (CNN default 20, transfer 300).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Patches per batch.")] = 32,
+    crops_per_track: Annotated[int, typer.Option(help="Random 1-s patches drawn per training track per epoch.")] = 8,
+    patience: Annotated[int | None, typer.Option(help="Epochs without a better validation loss before stopping.")] = None,
+    models: Annotated[str, typer.Option(help="Transfer inputs: 'all' (newest CNN per target) or model ids, comma-separated.")] = "all",
+    split: Split = "auto",
+    seed: Seed = 0,
+    device: Device = "auto",
+    store: StoreDir = DEFAULT_STORE,
+    quiet: Quiet = False,
+):
+    """Train the CNN on a target (genre or an AGF source), every CNN, or the transfer MLP.
+
+    Example: agf train --target all && agf embed && agf train --target transfer
+    """
+    from agf.models.factors import SOURCES, latest_model
+    from agf.models.train import TrainParams, train_cnn
+    from agf.models.transfer import TransferParams, train_transfer
+
+    with _open(store, write=True) as opened:
+        if target == "transfer":
+            params = TransferParams(models=models, split=split, seed=seed, device=device,
+                                    **{k: v for k, v in {"epochs": epochs, "patience": patience}.items() if v is not None})
+            return [train_transfer(opened, params, quiet=quiet)]
+        params = TrainParams(batch_size=batch_size, crops_per_track=crops_per_track, split=split, seed=seed, device=device,
+                             **{k: v for k, v in {"epochs": epochs, "patience": patience}.items() if v is not None})
+        targets = [target]
+        if target == "all":
+            targets = ["genre"] + [f"agf:{s}" for s in SOURCES if latest_model(opened, "factors", s)]
+        return [train_cnn(opened, t, params, quiet=quiet) for t in targets]
+
+
+@app.command()
+@command
+def embed(
+    model: Annotated[str, typer.Option(help="'all' (newest CNN per target) or model ids, comma-separated.")] = "all",
+    device: Device = "auto",
+    store: StoreDir = DEFAULT_STORE,
+    quiet: Quiet = False,
+):
+    """Write the 256-d clip embeddings of every track not yet embedded by each CNN.
+
+    Example: agf embed --model all
+    """
+    from agf.models.train import embed as run_embed
+
+    with _open(store, write=True) as opened:
+        return run_embed(opened, model, device=device, quiet=quiet)
+
+
+@app.command()
+@command
+def evaluate(
+    out: Annotated[Path, typer.Option(help="Folder for report.json and confusion.png.")] = Path("agf-report"),
+    split: Split = "auto",
+    seed: Seed = 0,
+    store: StoreDir = DEFAULT_STORE,
+    as_report: Annotated[bool, typer.Option("--full", help="Print the whole report, per-genre scores included.")] = False,
+):
+    """Score the genre CNN, the transfer MLP and a baseline side by side on the test split.
+
+    Example: agf evaluate --out ./report
+    """
+    from agf.models.evaluate import evaluate as run_evaluate
+    from agf.models.evaluate import summary_rows
+    from agf.progress import say
+
+    report = run_evaluate(_open(store), split=split, seed=seed, out_dir=out)
+    say(f"split {report['split']}: {report['test_tracks']} test tracks of {report['test_artists']} artists, "
+        f"{report['test_artists_also_in_training']} of them also in training; report in {out}")
+    return report if as_report else summary_rows(report)
+
+
 # -- the demo -----------------------------------------------------------------------------------
 
 

@@ -1,0 +1,78 @@
+"""The CNN of the winning WWW 2018 entry (METHOD.md), one architecture for every target.
+
+Input: a patch of the standardised log-mel spectrogram, (batch, 1, 128 mel bands, 43 frames).
+conv 5x5x16 -> max-pool (2, 1); conv 3x3 with 32, 64, 64, 128 filters, each followed by 2x2
+max-pooling; conv 3x3x256; conv 1x1x256; ELU after every convolution, batch normalisation on
+each, dropout 0.1 after the pooled blocks; global average pooling -> dense 256 (batch norm,
+ELU) = the embedding -> dropout 0.5 -> dense to the target's classes (softmax in the loss).
+"""
+
+import torch
+from torch import nn
+
+PATCH_FRAMES = 43  # about 1 s at 22,050 Hz, hop 512
+EMBEDDING_DIM = 256
+
+
+def _block(c_in: int, c_out: int, kernel: int, pool: tuple[int, int] | None, dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2), nn.BatchNorm2d(c_out), nn.ELU()]
+    if pool:
+        layers.append(nn.MaxPool2d(pool))
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class GenreCNN(nn.Module):
+    """The CNN; ``n_outputs`` is the number of genres, or of topics for an AGF target."""
+
+    def __init__(self, n_outputs: int, n_mels: int = 128):
+        super().__init__()
+        self.n_outputs, self.n_mels = n_outputs, n_mels
+        self.features = nn.Sequential(
+            _block(1, 16, 5, (2, 1), 0.0),
+            _block(16, 32, 3, (2, 2), 0.1),
+            _block(32, 64, 3, (2, 2), 0.1),
+            _block(64, 64, 3, (2, 2), 0.1),
+            _block(64, 128, 3, (2, 2), 0.1),
+            _block(128, 256, 3, None, 0.0),
+            _block(256, 256, 1, None, 0.0),
+        )
+        self.embedding = nn.Sequential(nn.Linear(256, EMBEDDING_DIM), nn.BatchNorm1d(EMBEDDING_DIM), nn.ELU())
+        self.head = nn.Sequential(nn.Dropout(0.5), nn.Linear(EMBEDDING_DIM, n_outputs))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patches (batch, 1, n_mels, frames) -> embeddings (batch, 256)."""
+        return self.embedding(self.features(x).mean(dim=(2, 3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Patches -> logits (batch, n_outputs)."""
+        return self.head(self.embed(x))
+
+
+class TransferMLP(nn.Module):
+    """Frozen CNN embeddings, concatenated -> dropout 0.5 -> dense 1024 (ELU) -> dropout 0.5 -> genres."""
+
+    def __init__(self, n_inputs: int, n_outputs: int, hidden: int = 1024):
+        super().__init__()
+        self.n_inputs, self.n_outputs, self.hidden = n_inputs, n_outputs, hidden
+        self.net = nn.Sequential(nn.Dropout(0.5), nn.Linear(n_inputs, hidden), nn.ELU(), nn.Dropout(0.5), nn.Linear(hidden, n_outputs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy against target distributions (batch, classes).
+
+    For soft AGF targets it differs from KL(target || softmax) only by the targets' entropy, so
+    its gradients are the KL divergence's (METHOD.md); for one-hot targets it is the usual loss.
+    """
+    return -(target * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def kl_divergence(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean KL(target || softmax(logits)) per track, in nats."""
+    logp = torch.log_softmax(logits, dim=1)
+    safe = torch.where(target > 0, target, torch.ones_like(target))
+    return (target * (torch.log(safe) - logp)).sum(dim=1).mean()

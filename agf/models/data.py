@@ -1,0 +1,115 @@
+"""What the networks read: splits of tracks, and patches of the stored log-mel spectrograms.
+
+Crop policy (documented, METHOD.md leaves it open): training draws one random 43-frame patch
+per track per draw; inference cuts a clip into consecutive non-overlapping 43-frame patches
+(the last one aligned to the clip's end, so every frame is seen) and averages over them.
+"""
+
+from collections import OrderedDict, defaultdict
+
+import numpy as np
+
+from agf.errors import AgfError
+from agf.models.cnn import PATCH_FRAMES
+from agf.store import FrameCache, Store
+
+SPLITS = ("training", "validation", "test")
+
+
+def assign_splits(tracks: list[dict], method: str = "artist", seed: int = 0,
+                  fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)) -> dict[int, str]:
+    """Split tracks into training / validation / test.
+
+    Parameters
+    ----------
+    tracks : list of dict
+        Rows with ``track_id``, ``artist_id``, ``genre_top`` and ``split``.
+    method : {'artist', 'random', 'stored'}
+        'artist': no artist in two splits (the default; the paper's point), artists dealt out
+        per majority genre so that each genre reaches every split when it has 3+ artists;
+        'random': tracks dealt out at random, per genre; 'stored': the tracks' own ``split``
+        column (FMA's ``set.split``), which ``auto`` picks whenever every track has one.
+    """
+    if method == "stored" or (method == "auto" and tracks and all(t.get("split") for t in tracks)):
+        return {t["track_id"]: ("training" if t["split"] in ("train", "training") else t["split"]) for t in tracks}
+    if method == "auto":
+        method = "artist"
+    if method not in ("artist", "random"):
+        raise AgfError(f"unknown split {method!r}; choose artist, random or stored")
+    rng = np.random.default_rng(seed)
+    if method == "random":
+        groups = defaultdict(list)
+        for t in tracks:
+            groups[t.get("genre_top") or ""].append(t["track_id"])
+        return {tid: split for members in groups.values() for tid, split in _deal(sorted(members), fractions, rng).items()}
+    genre_votes: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for t in tracks:
+        genre_votes[t["artist_id"]][t.get("genre_top") or ""] += 1
+    groups = defaultdict(list)
+    for artist, votes in sorted(genre_votes.items()):
+        groups[max(sorted(votes), key=votes.get)].append(artist)
+    artist_split = {a: s for members in groups.values() for a, s in _deal(members, fractions, rng).items()}
+    return {t["track_id"]: artist_split[t["artist_id"]] for t in tracks}
+
+
+def _deal(members: list, fractions, rng: np.random.Generator) -> dict:
+    order = [members[i] for i in rng.permutation(len(members))]
+    n = len(order)
+    n_test = max(1, round(fractions[2] * n)) if n >= 3 else 0
+    n_val = max(1, round(fractions[1] * n)) if n >= 3 else 0
+    return {m: ("test" if i < n_test else "validation" if i < n_test + n_val else "training") for i, m in enumerate(order)}
+
+
+class Spectrograms:
+    """Standardised log-mel patches of stored tracks, read from memory-mapped frame files.
+
+    Keeps at most ``max_open`` files mapped (a process may hold only ~65k memory maps).
+    """
+
+    def __init__(self, store: Store, mean: np.ndarray | None = None, std: np.ndarray | None = None, max_open: int = 4096):
+        self.cache = FrameCache(store.root, "logmel")
+        self.n_mels = int(store.config["frames"]["logmel"]["n_mels"])
+        self.mean, self.std = mean, std
+        self._open: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.max_open = max_open
+
+    def frames(self, track_id: int) -> np.ndarray:
+        """(n_frames, n_mels) float16, memory-mapped."""
+        if track_id in self._open:
+            self._open.move_to_end(track_id)
+            return self._open[track_id]
+        frames = self.cache.read(track_id)
+        self._open[track_id] = frames
+        if len(self._open) > self.max_open:
+            self._open.popitem(last=False)
+        return frames
+
+    def fit_standardisation(self, track_ids: list[int], max_tracks: int = 500, seed: int = 0) -> None:
+        """Per-mel-band mean and standard deviation over (a sample of) ``track_ids``."""
+        rng = np.random.default_rng(seed)
+        chosen = track_ids if len(track_ids) <= max_tracks else list(rng.choice(track_ids, max_tracks, replace=False))
+        stacked = np.concatenate([np.asarray(self.frames(t), np.float32) for t in chosen])
+        self.mean, self.std = stacked.mean(axis=0), np.maximum(stacked.std(axis=0), 1e-3)
+
+    def _standardise(self, patch: np.ndarray) -> np.ndarray:
+        return ((np.asarray(patch, np.float32) - self.mean) / self.std).T  # (n_mels, frames)
+
+    def crop(self, track_id: int, rng: np.random.Generator) -> np.ndarray:
+        """One random patch, (n_mels, 43) float32."""
+        frames = self.frames(track_id)
+        start = int(rng.integers(0, max(1, len(frames) - PATCH_FRAMES + 1)))
+        return self._standardise(_pad(frames[start : start + PATCH_FRAMES]))
+
+    def patches(self, track_id: int) -> np.ndarray:
+        """Every consecutive patch of the clip, the last aligned to its end: (n, n_mels, 43)."""
+        frames = self.frames(track_id)
+        starts = list(range(0, max(1, len(frames) - PATCH_FRAMES + 1), PATCH_FRAMES))
+        if len(frames) > PATCH_FRAMES and starts[-1] + PATCH_FRAMES < len(frames):
+            starts.append(len(frames) - PATCH_FRAMES)
+        return np.stack([self._standardise(_pad(frames[s : s + PATCH_FRAMES])) for s in starts])
+
+
+def _pad(frames: np.ndarray) -> np.ndarray:
+    if len(frames) >= PATCH_FRAMES:
+        return frames
+    return np.concatenate([frames, np.repeat(frames[-1:], PATCH_FRAMES - len(frames), axis=0)])

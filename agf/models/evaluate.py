@@ -1,0 +1,135 @@
+"""``agf evaluate``: every model that predicts genre, scored side by side as the challenge did.
+
+Models: the genre-only CNN, the transfer MLP, and a baseline (logistic regression on the
+``fma`` features, or on ``mfcc`` features when ``fma`` is not stored). Metrics on the test split:
+accuracy, macro-F1, mean log loss over the genres, per-genre precision and recall, and a
+confusion matrix. The split is the same one training used (same method and seed).
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from agf.errors import AgfError
+from agf.models.data import assign_splits
+from agf.models.train import all_tracks, genre_classes, load_cnn, clip_outputs, pick_device
+from agf.models.transfer import transfer_probabilities
+from agf.store import Store
+from agf.store.models import latest_model
+
+
+def _baseline(store: Store, tracks: list[dict], splits: dict, classes: list[str], test: list[dict], seed: int):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    feature = "fma" if store.count("features_fma") else "mfcc"
+    table = store.query(f"SELECT track_id, vector FROM features_{feature}")
+    ids = table["track_id"].to_pylist()
+    matrix = np.asarray(table["vector"].combine_chunks().flatten(), np.float32).reshape(len(ids), -1)
+    row = {t: i for i, t in enumerate(ids)}
+    train = [t for t in tracks if splits[t["track_id"]] == "training" and t["genre_top"] and t["track_id"] in row]
+    if len({t["genre_top"] for t in train}) < 2:
+        return None, feature
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, random_state=seed))
+    clf.fit(matrix[[row[t["track_id"]] for t in train]], [t["genre_top"] for t in train])
+    probabilities = np.zeros((len(test), len(classes)), np.float32)
+    predicted = clf.predict_proba(matrix[[row[t["track_id"]] for t in test]])
+    for j, c in enumerate(clf.classes_):
+        probabilities[:, classes.index(c)] = predicted[:, j]
+    return probabilities, feature
+
+
+def scores(y_true: list[str], probabilities: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, macro-F1, mean log loss, per-genre precision/recall and the confusion matrix."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss, precision_recall_fscore_support
+
+    y_pred = [classes[i] for i in probabilities.argmax(axis=1)]
+    present = sorted(set(y_true) | set(y_pred))
+    precision, recall, _, support = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
+    clipped = np.clip(probabilities, 1e-7, 1)
+    return {
+        "accuracy": round(float(accuracy_score(y_true, y_pred)), 4),
+        "macro_f1": round(float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)), 4),
+        "log_loss": round(float(log_loss(y_true, clipped / clipped.sum(axis=1, keepdims=True), labels=classes)), 4),
+        "per_genre": {c: {"precision": round(float(p), 3), "recall": round(float(r), 3), "support": int(s)}
+                      for c, p, r, s in zip(classes, precision, recall, support)},
+        "confusion": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
+    }
+
+
+def evaluate(store: Store, split: str = "auto", seed: int = 0, out_dir: Path | None = None) -> dict:
+    """Score every stored genre model on the test split; write report.json and confusion.png."""
+    tracks = all_tracks(store)
+    splits = assign_splits(tracks, split, seed)
+    classes = genre_classes(tracks)
+    test = [t for t in tracks if splits[t["track_id"]] == "test" and t["genre_top"]]
+    if not test:
+        raise AgfError("no labelled tracks in the test split: nothing to evaluate")
+    y_true = [t["genre_top"] for t in test]
+    test_ids = [t["track_id"] for t in test]
+    train_artists = {t["artist_id"] for t in tracks if splits[t["track_id"]] == "training"}
+    models: dict[str, np.ndarray] = {}
+    if (row := latest_model(store, "cnn", "genre")) is not None:
+        model, spectra, config = load_cnn(store, row["model_id"])
+        _, p = clip_outputs(model, spectra, test_ids, pick_device())
+        models[f"genre CNN ({row['model_id']})"] = _align(p, config["classes"], classes)
+    if (row := latest_model(store, "transfer", "genre")) is not None:
+        model_classes, p = transfer_probabilities(store, row["model_id"], test_ids)
+        models[f"transfer MLP ({row['model_id']})"] = _align(p, model_classes, classes)
+    baseline, feature = _baseline(store, tracks, splits, classes, test, seed)
+    if baseline is not None:
+        models[f"baseline: logistic regression on {feature}"] = baseline
+    report = {
+        "split": split, "seed": seed, "classes": classes, "test_tracks": len(test),
+        "test_artists": len({t["artist_id"] for t in test}),
+        "test_artists_also_in_training": len({t["artist_id"] for t in test} & train_artists),
+        "models": {name: scores(y_true, p, classes) for name, p in models.items()},
+    }
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+        _plot_confusion(report, out_dir / "confusion.png")
+        report["files"] = [str(out_dir / "report.json"), str(out_dir / "confusion.png")]
+    return report
+
+
+def _align(probabilities: np.ndarray, model_classes: list[str], classes: list[str]) -> np.ndarray:
+    out = np.zeros((len(probabilities), len(classes)), np.float32)
+    for j, c in enumerate(model_classes):
+        out[:, classes.index(c)] = probabilities[:, j]
+    return out
+
+
+def _plot_confusion(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["models"])
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(5 * max(1, len(names)), 4.6), squeeze=False)
+    classes = report["classes"]
+    for ax, name in zip(axes[0], names):
+        matrix = np.asarray(report["models"][name]["confusion"])
+        ax.imshow(matrix, cmap="Blues")
+        ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(len(classes)), classes, fontsize=7)
+        for (i, j), v in np.ndenumerate(matrix):
+            if v:
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
+        acc = report["models"][name]["accuracy"]
+        ax.set_title(f"{name.split(' (')[0]}\naccuracy {acc:.2f}", fontsize=9)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary_rows(report: dict) -> list[dict]:
+    """One row per model: the side-by-side table ``agf evaluate`` prints."""
+    return [{"model": name, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "log_loss": m["log_loss"]}
+            for name, m in report["models"].items()]

@@ -1,0 +1,268 @@
+"""Training the CNNs (genre, and one per AGF source), checkpoints, and track embeddings.
+
+Choices METHOD.md leaves open, as defaults (all options): batch 32; an epoch draws 8 random
+patches per training track; at most 20 epochs, early stopping after 3 epochs without a lower
+validation loss (the best weights are kept); the learning rate halves when validation loss
+stalls for an epoch. Validation loss is the clip-level loss of the mean patch probabilities.
+"""
+
+import copy
+import io
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from agf.errors import AgfError
+from agf.models.cnn import EMBEDDING_DIM, GenreCNN, soft_cross_entropy
+from agf.models.data import Spectrograms, assign_splits
+from agf.models.factors import SOURCES as AGF_SOURCES
+from agf.models.factors import current_factors
+from agf.progress import progress_bar, say
+from agf.store import Store, fixed_vectors, now_utc
+from agf.store.models import latest_model, load_payload, save_model
+
+MIN_TRAINING_TRACKS = 10
+CNN_TARGETS = ("genre", *(f"agf:{s}" for s in AGF_SOURCES))
+
+
+@dataclass
+class TrainParams:
+    """Options of ``agf train``."""
+
+    epochs: int = 20
+    batch_size: int = 32
+    crops_per_track: int = 8
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-5
+    patience: int = 3
+    split: str = "auto"
+    seed: int = 0
+    device: str = "auto"
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """CUDA when present (or asked for), else the CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise AgfError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(requested)
+
+
+def all_tracks(store: Store) -> list[dict]:
+    return store.query("SELECT track_id, artist_id, genre_top, split FROM tracks ORDER BY track_id").to_pylist()
+
+
+def genre_classes(tracks: list[dict]) -> list[str]:
+    return sorted({t["genre_top"] for t in tracks if t["genre_top"]})
+
+
+def targets_for(store: Store, target: str, tracks: list[dict]) -> tuple[list[dict], np.ndarray, list[str]]:
+    """The tracks that have ``target`` and their target distributions (n, classes)."""
+    if target == "genre":
+        classes = genre_classes(tracks)
+        labelled = [t for t in tracks if t["genre_top"]]
+        y = np.zeros((len(labelled), len(classes)), np.float32)
+        y[np.arange(len(labelled)), [classes.index(t["genre_top"]) for t in labelled]] = 1
+        return labelled, y, classes
+    source = target.removeprefix("agf:")
+    if not target.startswith("agf:") or source not in AGF_SOURCES:
+        raise AgfError(f"unknown target {target!r}; choose from {', '.join(CNN_TARGETS)}, all, transfer")
+    artist_ids, factors = current_factors(store, source)
+    if not artist_ids:
+        raise AgfError(f"no {source} factors: run `agf factors build --source {source}` first")
+    row_of = {a: i for i, a in enumerate(artist_ids)}
+    labelled = [t for t in tracks if t["artist_id"] in row_of]
+    y = factors[[row_of[t["artist_id"]] for t in labelled]] if labelled else np.zeros((0, factors.shape[1]), np.float32)
+    return labelled, y.astype(np.float32), [f"factor {i}" for i in range(factors.shape[1])]
+
+
+def _split_indices(tracks: list[dict], labelled: list[dict], params: TrainParams) -> dict[str, list[int]]:
+    splits = assign_splits(tracks, params.split, params.seed)
+    out = {"training": [], "validation": [], "test": []}
+    for i, t in enumerate(labelled):
+        out[splits[t["track_id"]]].append(i)
+    return out
+
+
+def train_cnn(store: Store, target: str, params: TrainParams, quiet: bool = False) -> dict:
+    """Train the CNN on ``target`` and store its checkpoint as a model; returns its summary."""
+    started = time.perf_counter()
+    tracks = all_tracks(store)
+    labelled, y, classes = targets_for(store, target, tracks)
+    parts = _split_indices(tracks, labelled, params)
+    train, val = parts["training"], parts["validation"]
+    n_classes_seen = len({int(np.argmax(y[i])) for i in train}) if target == "genre" else len(classes)
+    if len(train) < MIN_TRAINING_TRACKS or n_classes_seen < 2:
+        raise AgfError(
+            f"too few labelled tracks to train {target}: {len(train)} in the training split"
+            f" covering {n_classes_seen} class(es); need {MIN_TRAINING_TRACKS} tracks and 2 classes")
+    if not val:
+        val = train
+        say("no validation tracks: early stopping watches the training tracks", quiet)
+    device = pick_device(params.device)
+    say(f"training {target} on {device} ({'mixed precision' if device.type == 'cuda' else 'float32'}): "
+        f"{len(train)} training / {len(val)} validation tracks, {len(classes)} outputs", quiet)
+    torch.manual_seed(params.seed)
+    rng = np.random.default_rng(params.seed)
+    spectra = Spectrograms(store)
+    spectra.fit_standardisation([labelled[i]["track_id"] for i in train], seed=params.seed)
+    model = GenreCNN(len(classes), spectra.n_mels).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
+    schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.5, patience=1)
+    best, best_state, stale, history, samples = float("inf"), None, 0, [], 0
+    train_seconds = 0.0
+    with progress_bar(params.epochs, f"train {target}", "epochs", quiet) as bar:
+        for epoch in range(params.epochs):
+            epoch_started = time.perf_counter()
+            loss = _epoch(model, optimiser, spectra, labelled, y, train, params, rng, device)
+            train_seconds += time.perf_counter() - epoch_started
+            samples += len(train) * params.crops_per_track
+            val_loss = _validation_loss(model, spectra, labelled, y, val, device)
+            schedule.step(val_loss)
+            history.append({"epoch": epoch + 1, "loss": round(loss, 4), "val_loss": round(val_loss, 4)})
+            bar.advance(info=f"loss {loss:.3f} val {val_loss:.3f}")
+            if val_loss < best - 1e-4:
+                best, best_state, stale = val_loss, copy.deepcopy(model.state_dict()), 0
+            else:
+                stale += 1
+                if stale >= params.patience:
+                    break
+    model.load_state_dict(best_state)
+    metrics = {"val_loss": round(best, 4), "epochs": len(history), "history": history, "device": str(device),
+               "train_tracks": len(train), "val_tracks": len(val), "seconds": round(time.perf_counter() - started, 2),
+               "train_samples_per_s": round(samples / max(train_seconds, 1e-9), 1)}
+    config = {"target": target, "classes": classes, "n_mels": spectra.n_mels, "params": asdict(params)}
+    model_id = save_cnn(store, model, spectra, config, metrics)
+    return {"model_id": model_id, "target": target, "device": str(device), "epochs": len(history),
+            "val_loss": metrics["val_loss"], "train_tracks": len(train), "seconds": metrics["seconds"]}
+
+
+def _epoch(model, optimiser, spectra, labelled, y, train, params, rng, device) -> float:
+    model.train()
+    order = rng.permutation(np.repeat(np.asarray(train), params.crops_per_track))
+    losses = []
+    for start in range(0, len(order), params.batch_size):
+        batch = order[start : start + params.batch_size]
+        if len(batch) < 2:  # batch norm needs two samples
+            continue
+        x = torch.from_numpy(np.stack([spectra.crop(labelled[i]["track_id"], rng) for i in batch])[:, None]).to(device)
+        target = torch.from_numpy(y[batch]).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = soft_cross_entropy(model(x).float(), target)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    return float(np.mean(losses))
+
+
+def _validation_loss(model, spectra, labelled, y, val, device) -> float:
+    _, probabilities = clip_outputs(model, spectra, [labelled[i]["track_id"] for i in val], device)
+    return float(-(y[val] * np.log(np.clip(probabilities, 1e-7, 1))).sum(axis=1).mean())
+
+
+@torch.no_grad()
+def clip_outputs(model: GenreCNN, spectra: Spectrograms, track_ids: list[int], device: torch.device,
+                 batch_patches: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Clip-level embeddings (n, 256) and probabilities (n, classes): means over every patch."""
+    model.eval()
+    embeddings = np.zeros((len(track_ids), EMBEDDING_DIM), np.float32)
+    probabilities = np.zeros((len(track_ids), model.n_outputs), np.float32)
+    pending, owners = [], []
+
+    def flush():
+        if not pending:
+            return
+        x = torch.from_numpy(np.concatenate(pending)[:, None]).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            emb = model.embed(x)
+            prob = torch.softmax(model.head(emb).float(), dim=1)
+        emb, prob = emb.float().cpu().numpy(), prob.cpu().numpy()
+        owner = np.concatenate(owners)
+        for row in np.unique(owner):
+            mask = owner == row
+            embeddings[row] += emb[mask].sum(axis=0)
+            probabilities[row] += prob[mask].sum(axis=0)
+        pending.clear()
+        owners.clear()
+
+    counts = np.zeros(len(track_ids))
+    for row, track_id in enumerate(track_ids):
+        patches = spectra.patches(track_id)
+        pending.append(patches)
+        owners.append(np.full(len(patches), row))
+        counts[row] = len(patches)
+        if sum(len(p) for p in pending) >= batch_patches:
+            flush()
+    flush()
+    return embeddings / counts[:, None], probabilities / counts[:, None]
+
+
+def save_cnn(store: Store, model: GenreCNN, spectra: Spectrograms, config: dict, metrics: dict) -> str:
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "config": config,
+                "mean": torch.from_numpy(spectra.mean), "std": torch.from_numpy(spectra.std)}, buffer)
+    params = {**config["params"], "target": config["target"], "classes": config["classes"]}
+    return save_model(store, "cnn", config["target"], buffer.getvalue(), params, metrics, "model.pt")
+
+
+def load_cnn(store: Store, model_id: str, device: torch.device | None = None) -> tuple[GenreCNN, Spectrograms, dict]:
+    """A stored CNN (hash verified, ``weights_only`` load), its spectrogram reader, and config."""
+    _, payload = load_payload(store, model_id)
+    checkpoint = torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")
+    config = checkpoint["config"]
+    model = GenreCNN(len(config["classes"]), config["n_mels"])
+    model.load_state_dict(checkpoint["state_dict"])
+    spectra = Spectrograms(store, checkpoint["mean"].numpy(), checkpoint["std"].numpy())
+    return model.to(device or pick_device()), spectra, config
+
+
+def cnn_models(store: Store, spec: str = "all") -> list[str]:
+    """Model ids named by ``spec``: 'all' is the newest CNN of every target; else comma-separated ids."""
+    if spec != "all":
+        return [s.strip() for s in spec.split(",") if s.strip()]
+    ids = [row["model_id"] for t in CNN_TARGETS if (row := latest_model(store, "cnn", t))]
+    if not ids:
+        raise AgfError("no trained CNN in the store: run `agf train --target all` first")
+    return ids
+
+
+def embed(store: Store, spec: str = "all", device: str = "auto", quiet: bool = False) -> list[dict]:
+    """Write the clip embeddings of every track not yet embedded by each chosen CNN."""
+    results = []
+    chosen = pick_device(device)
+    for model_id in cnn_models(store, spec):
+        started = time.perf_counter()
+        model, spectra, _ = load_cnn(store, model_id, chosen)
+        done = set(store.query("SELECT track_id FROM embeddings WHERE model_id = ?", [model_id])["track_id"].to_pylist())
+        todo = [t for t in store.query("SELECT track_id FROM tracks ORDER BY 1")["track_id"].to_pylist() if t not in done]
+        for start in range(0, len(todo), 2048):  # a part per 2048 tracks: an interruption keeps what is done
+            chunk = todo[start : start + 2048]
+            vectors, _ = clip_outputs(model, spectra, chunk, chosen)
+            store.write(append={"embeddings": _embedding_table(chunk, model_id, vectors)}, params={"model_id": model_id})
+        seconds = time.perf_counter() - started
+        say(f"embedded {len(todo)} tracks with {model_id} on {chosen} in {seconds:.1f} s", quiet)
+        results.append({"model_id": model_id, "embedded": len(todo), "already": len(done), "seconds": round(seconds, 2),
+                        "tracks_per_s": round(len(todo) / seconds, 1) if todo else None})
+    return results
+
+
+def _embedding_table(track_ids: list[int], model_id: str, vectors: np.ndarray):
+    import pyarrow as pa
+
+    return pa.table({"track_id": pa.array(track_ids, pa.int64()), "model_id": [model_id] * len(track_ids),
+                     "vector": fixed_vectors(vectors)})
+
+
+def prediction_rows(track_ids: list[int], model_id: str, classes: list[str], probabilities: np.ndarray) -> list[dict]:
+    """Rows of the predictions table: every genre of every track, ranked by probability."""
+    at = now_utc()
+    rows = []
+    for track_id, p in zip(track_ids, probabilities):
+        for rank, c in enumerate(np.argsort(-p), start=1):
+            rows.append({"track_id": track_id, "model_id": model_id, "genre": classes[c], "probability": float(p[c]),
+                         "rank": rank, "predicted_at": at})
+    return rows

@@ -1,0 +1,127 @@
+"""The transfer classifier: an MLP over the frozen CNNs' concatenated embeddings predicts genre."""
+
+import copy
+import io
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from agf.errors import AgfError
+from agf.models.cnn import TransferMLP
+from agf.models.train import MIN_TRAINING_TRACKS, all_tracks, cnn_models, genre_classes, pick_device, prediction_rows
+from agf.models.data import assign_splits
+from agf.progress import say
+from agf.store import Store
+from agf.store.models import load_payload, save_model
+
+
+@dataclass
+class TransferParams:
+    """Options of ``agf train --target transfer``: full-batch-ish Adam with early stopping."""
+
+    models: str = "all"
+    epochs: int = 300
+    patience: int = 30
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-5
+    split: str = "auto"
+    seed: int = 0
+    device: str = "auto"
+
+
+def embedding_matrix(store: Store, model_ids: list[str], track_ids: list[int]) -> np.ndarray:
+    """The concatenated embeddings (n_tracks, 256 * n_models) of ``track_ids``."""
+    blocks = []
+    for model_id in model_ids:
+        table = store.query("SELECT track_id, vector FROM embeddings WHERE model_id = ?", [model_id])
+        ids = table["track_id"].to_numpy()
+        vectors = np.asarray(table["vector"].combine_chunks().flatten(), np.float32).reshape(len(ids), -1)
+        row = {t: i for i, t in enumerate(ids.tolist())}
+        missing = [t for t in track_ids if t not in row]
+        if missing:
+            raise AgfError(f"{len(missing)} tracks have no embedding from {model_id}: run `agf embed` first")
+        blocks.append(vectors[[row[t] for t in track_ids]])
+    return np.concatenate(blocks, axis=1)
+
+
+def train_transfer(store: Store, params: TransferParams, quiet: bool = False) -> dict:
+    """Fit the MLP on training tracks, stop early on validation, predict the test split."""
+    started = time.perf_counter()
+    model_ids = cnn_models(store, params.models)
+    tracks = all_tracks(store)
+    splits = assign_splits(tracks, params.split, params.seed)
+    classes = genre_classes(tracks)
+    by_split = {s: [t for t in tracks if splits[t["track_id"]] == s] for s in ("training", "validation", "test")}
+    train = [t for t in by_split["training"] if t["genre_top"]]
+    val = [t for t in by_split["validation"] if t["genre_top"]] or train
+    if len(train) < MIN_TRAINING_TRACKS or len({t["genre_top"] for t in train}) < 2:
+        raise AgfError(f"too few labelled tracks to train transfer: {len(train)} in the training split; need "
+                       f"{MIN_TRAINING_TRACKS} tracks and 2 genres")
+    device = pick_device(params.device)
+    say(f"training transfer on {device} over {len(model_ids)} CNN embeddings: {len(train)} training tracks", quiet)
+    x_train = embedding_matrix(store, model_ids, [t["track_id"] for t in train])
+    mean, std = x_train.mean(axis=0), np.maximum(x_train.std(axis=0), 1e-6)
+
+    def inputs(rows):
+        return torch.from_numpy((embedding_matrix(store, model_ids, [t["track_id"] for t in rows]) - mean) / std).to(device)
+
+    def labels(rows):
+        return torch.tensor([classes.index(t["genre_top"]) for t in rows], device=device)
+
+    torch.manual_seed(params.seed)
+    xt, yt, xv, yv = inputs(train), labels(train), inputs(val), labels(val)
+    model = TransferMLP(xt.shape[1], len(classes)).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
+    generator = torch.Generator().manual_seed(params.seed)
+    best, best_state, stale, epochs = float("inf"), None, 0, 0
+    for epoch in range(params.epochs):
+        model.train()
+        for batch in torch.randperm(len(xt), generator=generator).split(params.batch_size):
+            loss = torch.nn.functional.cross_entropy(model(xt[batch.to(device)]), yt[batch.to(device)])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        model.eval()
+        with torch.no_grad():
+            val_loss = torch.nn.functional.cross_entropy(model(xv), yv).item()
+        epochs = epoch + 1
+        if val_loss < best - 1e-5:
+            best, best_state, stale = val_loss, copy.deepcopy(model.state_dict()), 0
+        elif (stale := stale + 1) >= params.patience:
+            break
+    model.load_state_dict(best_state)
+    buffer = io.BytesIO()
+    config = {"models": model_ids, "classes": classes, "hidden": model.hidden}
+    torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "config": config,
+                "mean": torch.from_numpy(mean), "std": torch.from_numpy(std)}, buffer)
+    metrics = {"val_loss": round(best, 4), "epochs": epochs, "train_tracks": len(train), "val_tracks": len(val),
+               "seconds": round(time.perf_counter() - started, 2)}
+    model_id = save_model(store, "transfer", "genre", buffer.getvalue(), {**asdict(params), **config}, metrics, "model.pt")
+    test_ids = [t["track_id"] for t in by_split["test"]]
+    if test_ids:
+        probabilities = transfer_probabilities(store, model_id, test_ids)[1]
+        rows = prediction_rows(test_ids, model_id, classes, probabilities)
+        store.write(append={"predictions": pa.Table.from_pylist(rows)}, params={"model_id": model_id, "split": "test"})
+    return {"model_id": model_id, "target": "transfer", "inputs": len(model_ids), "epochs": epochs, "val_loss": metrics["val_loss"],
+            "train_tracks": len(train), "test_predicted": len(test_ids), "seconds": metrics["seconds"]}
+
+
+def load_transfer(store: Store, model_id: str) -> tuple[TransferMLP, dict, np.ndarray, np.ndarray]:
+    _, payload = load_payload(store, model_id)
+    checkpoint = torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")
+    config = checkpoint["config"]
+    model = TransferMLP(checkpoint["mean"].numel(), len(config["classes"]), config["hidden"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), config, checkpoint["mean"].numpy(), checkpoint["std"].numpy()
+
+
+@torch.no_grad()
+def transfer_probabilities(store: Store, model_id: str, track_ids: list[int]) -> tuple[list[str], np.ndarray]:
+    """Genre classes and probabilities (n_tracks, n_genres) from a stored transfer model."""
+    model, config, mean, std = load_transfer(store, model_id)
+    x = (embedding_matrix(store, config["models"], track_ids) - mean) / std
+    return config["classes"], torch.softmax(model(torch.from_numpy(x.astype(np.float32))), dim=1).numpy()

@@ -1,0 +1,156 @@
+"""Factor extraction at FMA's shape: seconds per stage and peak memory, against plain scikit-learn.
+
+A synthetic corpus with FMA full's proportions (646 MFCC frames of 13 coefficients per 30 s
+track, 6.5 tracks per artist) is written to a real frame cache at three sizes; each size runs
+in a fresh process twice:
+
+- ``agf``: the library's stages: FAISS K-Means fitted on a bounded sample, batched FAISS
+  assignment of every frame, sparse artist bag-of-words, LDA (batch, or online above 4096 artists);
+- ``sklearn``: the straightforward pipeline the authors' code runs: MiniBatchKMeans.partial_fit
+  over batches of 256 tracks, predict per artist, the same LDA.
+
+Seconds are then extrapolated linearly in frames (and artists for LDA) to FMA full: 106,574
+tracks, 68.8 million frames, 16,341 artists; the fit of ``agf`` is bounded by its sample size,
+so it is carried over as measured at the largest size.
+
+Usage: python bench/factors.py [--sizes 500,1000,2000] [--clusters 2048] [--topics 40]
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+FRAMES_PER_TRACK = 646
+TRACKS_PER_ARTIST = 6.5
+FMA_TRACKS, FMA_ARTISTS = 106_574, 16_341
+
+
+def _corpus(root: Path, n_tracks: int, rng: np.random.Generator) -> list[dict]:
+    from agf.store import FrameCache
+
+    cache = FrameCache(root, "mfcc")
+    n_artists = max(2, int(n_tracks / TRACKS_PER_ARTIST))
+    centres = rng.normal(0, 3, size=(n_artists, 13))
+    tracks = []
+    for track_id in range(1, n_tracks + 1):
+        artist = int(rng.integers(n_artists))
+        cache.write(track_id, centres[artist] + rng.normal(0, 1, size=(FRAMES_PER_TRACK, 13)))
+        tracks.append({"track_id": track_id, "artist_id": artist, "genres": [], "tags": []})
+    return tracks
+
+
+def run_one(method: str, n_tracks: int, clusters: int, topics: int) -> dict:
+    from sklearn.decomposition import LatentDirichletAllocation
+
+    from agf.models import factors as F
+
+    rng = np.random.default_rng(0)
+    times = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tracks = _corpus(Path(tmp), n_tracks, rng)
+
+        class Store:  # the frame-source reader only needs the store's root
+            root = Path(tmp)
+
+        points = F._Points.__new__(F._Points)
+        points.source, points.cache = "mfcc", F.FrameCache(Store.root, "mfcc")
+        params = F.FactorParams(clusters=clusters, topics=topics)
+        started = time.perf_counter()
+        if method == "agf":
+            dictionary = F.fit_dictionary("mfcc", points, tracks, params)
+            times["fit"] = time.perf_counter() - started
+            started = time.perf_counter()
+            hist = F.histograms(dictionary, points, tracks)
+        else:
+            from sklearn.cluster import MiniBatchKMeans
+
+            kmeans = MiniBatchKMeans(clusters, random_state=0, n_init=1)
+            for i in range(0, len(tracks), 256):
+                kmeans.partial_fit(np.concatenate([points.of(t["track_id"]) for t in tracks[i : i + 256]]))
+            times["fit"] = time.perf_counter() - started
+            started = time.perf_counter()
+            hist = {t["track_id"]: F._counts(kmeans.predict(points.of(t["track_id"]))) for t in tracks}
+        times["assign"] = time.perf_counter() - started
+        started = time.perf_counter()
+        artist_ids, bags, _ = F.artist_bags(tracks, hist, clusters)
+        times["bow"] = time.perf_counter() - started
+        started = time.perf_counter()
+        LatentDirichletAllocation(topics, learning_method="batch" if len(artist_ids) <= 4096 else "online",
+                                  max_iter=10, batch_size=512, random_state=0).fit(bags)
+        times["lda"] = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"method": method, "tracks": n_tracks, "frames": n_tracks * FRAMES_PER_TRACK, "artists": len(artist_ids),
+            **{k: round(v, 3) for k, v in times.items()}, "peak_mb": round(peak)}
+
+
+def lda_at_fma_shape(clusters: int, topics: int) -> float:
+    """Seconds of the library's LDA (online, 10 passes) on a 16,341 x K artist bag-of-words."""
+    from scipy import sparse
+    from sklearn.decomposition import LatentDirichletAllocation
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(FMA_ARTISTS):  # each artist: 6.5 tracks x 646 frames over a few dozen topics' clusters
+        words = rng.choice(clusters, size=int(TRACKS_PER_ARTIST * FRAMES_PER_TRACK), p=None)
+        ids, counts = np.unique(words % (clusters // 8) + 8 * rng.integers(8), return_counts=True)
+        rows.append(sparse.csr_matrix((counts / TRACKS_PER_ARTIST, (np.zeros_like(ids), ids)), shape=(1, clusters)))
+    bags = sparse.vstack(rows).tocsr()
+    started = time.perf_counter()
+    LatentDirichletAllocation(topics, learning_method="online", max_iter=10, batch_size=512, random_state=0).fit(bags)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="500,1000,2000")
+    parser.add_argument("--clusters", type=int, default=2048)
+    parser.add_argument("--topics", type=int, default=40)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--skip-full-lda", action="store_true", help="Do not time LDA at FMA's full shape (about 2 minutes).")
+    args = parser.parse_args()
+    if args.one:
+        method, n = args.one.split(":")
+        print(json.dumps(run_one(method, int(n), args.clusters, args.topics)))
+        return
+    results = []
+    print(f"{'method':8s} {'tracks':>7s} {'frames':>9s} {'artists':>7s} {'fit s':>7s} {'assign s':>8s} {'bow s':>6s} {'lda s':>6s} {'peak MB':>7s}")
+    for n in [int(s) for s in args.sizes.split(",")]:
+        for method in ("agf", "sklearn"):
+            out = subprocess.run([sys.executable, __file__, "--one", f"{method}:{n}", "--clusters", str(args.clusters),
+                                  "--topics", str(args.topics)], check=True, capture_output=True, text=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            results.append(r)
+            print(f"{r['method']:8s} {r['tracks']:7d} {r['frames']:9d} {r['artists']:7d} {r['fit']:7.2f} {r['assign']:8.2f} "
+                  f"{r['bow']:6.2f} {r['lda']:6.2f} {r['peak_mb']:7d}", flush=True)
+    lda_full = None if args.skip_full_lda else lda_at_fma_shape(args.clusters, args.topics)
+    if lda_full is not None:
+        print(f"\nLDA measured at FMA's shape ({FMA_ARTISTS} artists x {args.clusters} words, online, 10 passes): {lda_full:.1f} s")
+    print("\nextrapolated to FMA full (106,574 tracks, 68.8 M frames, 16,341 artists):")
+    for method in ("agf", "sklearn"):
+        mine = [r for r in results if r["method"] == method]
+        frames = np.array([r["frames"] for r in mine], float)
+        artists = np.array([r["artists"] for r in mine], float)
+        scale_f, scale_a = FMA_TRACKS * FRAMES_PER_TRACK, FMA_ARTISTS
+
+        def fit_line(x, y, target):
+            slope, intercept = np.polyfit(x, y, 1)
+            return max(slope * target + intercept, y[-1])
+
+        fit = mine[-1]["fit"] if method == "agf" else fit_line(frames, np.array([r["fit"] for r in mine]), scale_f)
+        assign = fit_line(frames, np.array([r["assign"] for r in mine]), scale_f)
+        bow = fit_line(frames, np.array([r["bow"] for r in mine]), scale_f)
+        lda = lda_full if lda_full is not None else fit_line(artists, np.array([r["lda"] for r in mine]), scale_a)
+        per_source = fit + assign + bow + lda
+        print(f"  {method:8s} per frame source: fit {fit:7.1f} s  assign {assign:7.1f} s  bow {bow:6.1f} s  lda {lda:6.1f} s"
+              f"  = {per_source / 60:5.1f} min; mfcc + dmfcc ≈ {2 * per_source / 60:5.1f} min")
+
+
+if __name__ == "__main__":
+    main()
