@@ -6,6 +6,7 @@ messages come from one decorator, :func:`command`.
 
 import functools
 import inspect
+import json
 import os
 import sys
 from pathlib import Path
@@ -298,6 +299,7 @@ def evaluate(
     seed: Seed = 0,
     store: StoreDir = DEFAULT_STORE,
     as_report: Annotated[bool, typer.Option("--full", help="Print the whole report, per-genre scores included.")] = False,
+    quiet: Quiet = False,
 ):
     """Score the genre CNN, the transfer MLP and a baseline side by side on the test split.
 
@@ -309,8 +311,114 @@ def evaluate(
 
     report = run_evaluate(_open(store), split=split, seed=seed, out_dir=out)
     say(f"split {report['split']}: {report['test_tracks']} test tracks of {report['test_artists']} artists, "
-        f"{report['test_artists_also_in_training']} of them also in training; report in {out}")
+        f"{report['test_artists_also_in_training']} of them also in training; report in {out}", quiet)
     return report if as_report else summary_rows(report)
+
+
+# -- similarity --------------------------------------------------------------------------------
+
+index_app = typer.Typer(help="FAISS indexes over artist and track vectors.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+@command
+def index_build(
+    space: Annotated[list[str] | None, typer.Option(help="Only these spaces (repeatable); default every space.")] = None,
+    store: StoreDir = DEFAULT_STORE,
+    quiet: Quiet = False,
+):
+    """Refresh artist_vectors and build the index of every space (exact, or IVF with its recall@10).
+
+    Example: agf index build --space combined
+    """
+    from agf.models.similar import build_indexes
+
+    with _open(store, write=True) as opened:
+        return build_indexes(opened, space or None, quiet=quiet)
+
+
+@index_app.command("list")
+@command
+def index_list(store: StoreDir = DEFAULT_STORE):
+    """List the saved indexes, and whether each is stale (its source data changed since).
+
+    Example: agf index list --json
+    """
+    from agf.models.similar import index_status
+
+    return index_status(_open(store))
+
+
+@app.command()
+@command
+def similar(
+    artist: Annotated[str | None, typer.Argument(help="Artist name (case- and accent-insensitive).")] = None,
+    k: Annotated[int, typer.Option("-k", help="Number of neighbours.")] = 10,
+    space: Annotated[str | None, typer.Option(help="agf:<source>, emb:<target> or combined (default: combined).")] = None,
+    genre: Annotated[str | None, typer.Option(help="Only artists whose top genre is this.")] = None,
+    min_tracks: Annotated[int, typer.Option(help="Only artists with at least this many tracks.")] = 1,
+    artist_id: Annotated[int | None, typer.Option("--id", help="Artist id instead of a name.")] = None,
+    track: Annotated[int | None, typer.Option(help="Find tracks similar to this track_id instead.")] = None,
+    batch: Annotated[Path | None, typer.Option(help="Answer every query of a CSV/JSON file; JSON lines out.")] = None,
+    store: StoreDir = DEFAULT_STORE,
+):
+    """Which artists sound like this one? Nearest artists by cosine similarity in a vector space.
+
+    Example: agf similar "Doug Kaufman" -k 5 --space agf:mfcc
+    """
+    from agf.models.similar import Similar, read_queries
+    from agf.store.artists import resolve_artist
+
+    opened = _open(store)
+    service = Similar(opened)
+    if batch is not None:
+        for answer in service.batch(read_queries(batch), k, space, genre, min_tracks):
+            typer.echo(json.dumps(answer, ensure_ascii=False))
+        return None
+    if track is not None:
+        return service.tracks(track, k, space)
+    if artist is None and artist_id is None:
+        raise AgfError("name an artist, or give --id, --track or --batch")
+    return service.artists(resolve_artist(opened, artist, artist_id), k, space, genre, min_tracks)
+
+
+@app.command("map")
+@command
+def map_(
+    out: Annotated[Path, typer.Argument(help="PNG file to write.")],
+    space: Annotated[str, typer.Option(help="The vector space to draw.")] = "combined",
+    method: Annotated[str, typer.Option(help="pca or tsne.")] = "pca",
+    store: StoreDir = DEFAULT_STORE,
+):
+    """Draw the artists of a space in 2-D, coloured by top genre, the largest labelled.
+
+    Example: agf map artists.png --space agf:mfcc --method tsne
+    """
+    from agf.models.similar import draw_map
+
+    return draw_map(_open(store), space, out, method)
+
+
+@app.command()
+@command
+def tag(
+    paths: Annotated[list[Path], typer.Argument(help="Audio files or folders of new music.")],
+    top: Annotated[int, typer.Option(help="Genres shown per file.")] = 3,
+    workers: Annotated[int | None, typer.Option(help="Ingest worker processes (default: every core).")] = None,
+    store: StoreDir = DEFAULT_STORE,
+    quiet: Quiet = False,
+):
+    """Tag new music with genres: ingest, embed with the stored CNNs, predict with the transfer MLP.
+
+    Example: agf tag ./new_music/ --top 3
+    """
+    from agf.ingest.metadata import read_files
+    from agf.models.tag import tag as run_tag
+
+    candidates = read_files(paths)
+    with _open(store, write=True) as opened:
+        return run_tag(opened, candidates, top=top, workers=workers, quiet=quiet)
 
 
 # -- the demo -----------------------------------------------------------------------------------

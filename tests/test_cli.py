@@ -16,14 +16,14 @@ def test_sql_outputs_a_table_json_and_csv(small_store, cli):
         "Hip-Hop     9",
         "Rock        9",
     ]
-    assert json.loads(cli("sql", query, "--store", small_store, "--json").output) == [
+    assert json.loads(cli("sql", query, "--store", small_store, "--json").stdout) == [
         {"genre_top": "Electronic", "n": 9}, {"genre_top": "Hip-Hop", "n": 9}, {"genre_top": "Rock", "n": 9}]
     assert cli("sql", query, "--store", small_store, "--csv").output == "genre_top,n\nElectronic,9\nHip-Hop,9\nRock,9\n"
 
 
 def test_the_store_comes_from_AGF_STORE(small_store, cli):
     out = cli("sql", "SELECT count(*) AS n FROM artists", "--json", env={"AGF_STORE": str(small_store)})
-    assert json.loads(out.output) == [{"n": 9}]
+    assert json.loads(out.stdout) == [{"n": 9}]
 
 
 def test_user_errors_are_one_line_with_a_non_zero_exit(small_store, tmp_path, cli):
@@ -42,7 +42,7 @@ def test_user_errors_are_one_line_with_a_non_zero_exit(small_store, tmp_path, cl
 
 def test_info_lists_tables_frames_and_models(small_store, cli):
     out = cli("info", "--store", small_store, "--json")
-    info = json.loads(out.output)
+    info = json.loads(out.stdout)
     assert info["format_version"] == 1 and info["sample_rate"] == 22050
     rows = {t["table"]: t["rows"] for t in info["tables"]}
     assert rows["tracks"] == 27 and rows["features_fma"] == 27 and rows["artists"] == 9
@@ -66,8 +66,16 @@ def test_every_command_help_ends_with_an_example(cli):
 def test_demo_quick_runs_end_to_end(tmp_path, cli):
     out = cli("demo", "--quick", "--corpus", tmp_path / "corpus", "--store", tmp_path / "store", "--json", "--quiet")
     assert out.exit_code == 0, out.output
-    report = json.loads(out.output)
+    report = json.loads(out.stdout)
     assert report["ingest"]["ingested"] == 128 and report["ingest"]["failed"] == 0
-    assert len(report["tracks_by_genre"]) == 8
+    assert [f["source"] for f in report["factors"]] == ["mfcc", "dmfcc", "fma", "tags"]
+    assert [t["target"] for t in report["training"]] == ["genre", "agf:mfcc", "agf:dmfcc", "agf:fma", "agf:tags", "transfer"]
+    models = [r["model"].split(" (")[0] for r in report["genre_report"]]
+    assert models == ["genre CNN", "transfer MLP", "baseline: logistic regression on fma"]
+    for name in ("Rock Artist 1", "Classical Artist 2"):
+        assert [n["rank"] for n in report[f"similar to {name}"]] == [1, 2, 3]
+    (tagged,) = report["tagged (a Jazz track by a new artist)"]
+    assert tagged["genre"] is not None and 0 < tagged["probability"] <= 1
     store = Store.open(tmp_path / "store")
-    assert store.count("features_fma") == 128
+    assert store.count("features_fma") == 128 and store.count("embeddings") == 5 * 129
+    assert (tmp_path / "corpus" / "report" / "confusion.png").exists()

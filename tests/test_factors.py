@@ -36,7 +36,7 @@ def test_game_music_factors_group_artists_of_one_soundtrack(game_factors, cli):
     # 19 artists: the authors' K=2048 / 40 topics are sized for FMA's 16k, so use a small dictionary.
     out = cli("factors", "build", "--clusters", "64", "--topics", "8", "--store", game_factors, "--json", "--quiet")
     assert out.exit_code == 0, out.output
-    summary = {s["source"]: s for s in json.loads(out.output)}
+    summary = {s["source"]: s for s in json.loads(out.stdout)}
     assert set(summary) == {"mfcc", "dmfcc", "tags"}
     assert summary["mfcc"]["artists"] == 19 and summary["tags"]["artists"] == 16  # 3 artists have no genre
     store = Store.open(game_factors)
@@ -56,7 +56,7 @@ def test_factors_show_names_the_strongest_factors_and_who_shares_them(game_facto
         cli("factors", "build", "--clusters", "64", "--topics", "8", "--store", game_factors, "--quiet")
     out = cli("factors", "show", "DOUG KAUFMAN", "--store", game_factors, "--json")
     assert out.exit_code == 0, out.output
-    shown = json.loads(out.output)
+    shown = json.loads(out.stdout)
     assert shown["artist"] == "Doug Kaufman" and shown["tracks"] == 6
     assert [r["source"] for r in shown["factors"]] == ["mfcc", "dmfcc", "tags"]
     unknown = cli("factors", "show", "Doug Kaufmann", "--store", game_factors)

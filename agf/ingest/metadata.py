@@ -241,27 +241,40 @@ def read_folder(folder: Path) -> list[Candidate]:
 
     Files without an artist tag get the artist 'unknown'.
     """
-    import mutagen
-
     folder = Path(folder)
     if not folder.is_dir():
         raise AgfError(f"{folder} is not a folder")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    return [_tagged(path, str(path.relative_to(folder))) for path in paths]
+
+
+def read_files(paths: list[Path]) -> list[Candidate]:
+    """Files named one by one (any extension: decoding decides) and audio files under named folders."""
     candidates = []
-    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()):
-        try:
-            tags = mutagen.File(path, easy=True)
-        except Exception:  # noqa: BLE001 - unreadable tags are not fatal; decoding decides
-            tags = None
-        genre = _tag(tags, "genre")
-        candidates.append(
-            Candidate(
-                path=path,
-                source_id=str(path.relative_to(folder)),
-                title=_tag(tags, "title") or path.stem,
-                artist=_tag(tags, "artist") or "unknown",
-                album=_tag(tags, "album"),
-                genre_top=genre,
-                genre_names=[genre] if genre else [],
-            )
-        )
+    for path in map(Path, paths):
+        if path.is_dir():
+            candidates.extend(read_folder(path))
+        elif path.exists():
+            candidates.append(_tagged(path, str(path.resolve())))
+        else:
+            raise AgfError(f"{path} does not exist")
     return candidates
+
+
+def _tagged(path: Path, source_id: str) -> Candidate:
+    import mutagen
+
+    try:
+        tags = mutagen.File(path, easy=True)
+    except Exception:  # noqa: BLE001 - unreadable tags are not fatal; decoding decides
+        tags = None
+    genre = _tag(tags, "genre")
+    return Candidate(
+        path=path,
+        source_id=source_id,
+        title=_tag(tags, "title") or path.stem,
+        artist=_tag(tags, "artist") or "unknown",
+        album=_tag(tags, "album"),
+        genre_top=genre,
+        genre_names=[genre] if genre else [],
+    )

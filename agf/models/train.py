@@ -89,6 +89,14 @@ def _split_indices(tracks: list[dict], labelled: list[dict], params: TrainParams
 
 def train_cnn(store: Store, target: str, params: TrainParams, quiet: bool = False) -> dict:
     """Train the CNN on ``target`` and store its checkpoint as a model; returns its summary."""
+    model, spectra, config, metrics = fit_cnn(store, target, params, quiet)
+    model_id = save_cnn(store, model, spectra, config, metrics)
+    return {"model_id": model_id, "target": target, "device": metrics["device"], "epochs": metrics["epochs"],
+            "val_loss": metrics["val_loss"], "train_tracks": metrics["train_tracks"], "seconds": metrics["seconds"]}
+
+
+def fit_cnn(store: Store, target: str, params: TrainParams, quiet: bool = False) -> tuple[GenreCNN, Spectrograms, dict, dict]:
+    """Train the CNN on ``target``: (model with the best validation weights, its reader, config, metrics)."""
     started = time.perf_counter()
     tracks = all_tracks(store)
     labelled, y, classes = targets_for(store, target, tracks)
@@ -135,9 +143,7 @@ def train_cnn(store: Store, target: str, params: TrainParams, quiet: bool = Fals
                "train_tracks": len(train), "val_tracks": len(val), "seconds": round(time.perf_counter() - started, 2),
                "train_samples_per_s": round(samples / max(train_seconds, 1e-9), 1)}
     config = {"target": target, "classes": classes, "n_mels": spectra.n_mels, "params": asdict(params)}
-    model_id = save_cnn(store, model, spectra, config, metrics)
-    return {"model_id": model_id, "target": target, "device": str(device), "epochs": len(history),
-            "val_loss": metrics["val_loss"], "train_tracks": len(train), "seconds": metrics["seconds"]}
+    return model, spectra, config, metrics
 
 
 def _epoch(model, optimiser, spectra, labelled, y, train, params, rng, device) -> float:

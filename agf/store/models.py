@@ -37,7 +37,9 @@ def save_model(store: Store, kind: str, target: str, payload: bytes, params: dic
         "sha256": digest,
         "created_at": now_utc(),
     }
-    store.write(append={"models": pa.Table.from_pylist([row])}, params={"model_id": model_id})
+    # The same bytes again (a deterministic rerun) is the same model: replace its row, don't duplicate it.
+    store.write(append={"models": pa.Table.from_pylist([row])}, keep_where={"models": f"model_id <> '{model_id}'"},
+                params={"model_id": model_id})
     return model_id
 
 

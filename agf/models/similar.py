@@ -1,0 +1,198 @@
+"""Similar artists (and tracks): building the indexes of every space and answering queries."""
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from agf.errors import AgfError
+from agf.ingest.metadata import slug
+from agf.models.spaces import refresh_artist_vectors, track_spaces
+from agf.progress import say
+from agf.store import Store
+from agf.store.artists import resolve_artist
+from agf.store.index import build_index, list_indexes, load_index, save_index
+
+SOURCE_TABLES = ("tracks", "agf", "embeddings", "models")
+
+
+def source_version(store: Store) -> str:
+    """A fingerprint of the tables the vectors come from: changes whenever any of them is written."""
+    names = [p.name for t in SOURCE_TABLES for p in store.parts(t)]
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+def build_indexes(store: Store, spaces: list[str] | None = None, quiet: bool = False) -> list[dict]:
+    """Refresh ``artist_vectors`` and build the artist and track indexes of each space."""
+    refresh_artist_vectors(store)
+    version = source_version(store)
+    artist = _artist_vectors(store)
+    built = []
+    for level, available in (("artist", artist), ("track", track_spaces(store))):
+        for space, (ids, matrix) in available.items():
+            if spaces and space not in spaces:
+                continue
+            vi = build_index(matrix, np.asarray(ids), space, level, version)
+            save_index(store, vi)
+            m = vi.meta
+            say(f"{level} index {space}: {m['kind']} over {m['count']} x {m['dim']} on {m['device']}, "
+                f"recall@10 {m['recall_at_10']}, {m['build_seconds']} s", quiet)
+            built.append({k: m[k] for k in ("space", "level", "kind", "count", "dim", "device", "recall_at_10", "build_seconds")})
+    if spaces and not built:
+        raise AgfError(f"no space named {', '.join(spaces)}; spaces are: {', '.join(artist)}")
+    return built
+
+
+def _artist_vectors(store: Store) -> dict[str, tuple[list[int], np.ndarray]]:
+    table = store.query("SELECT space, artist_id, vector FROM artist_vectors ORDER BY space, artist_id")
+    out: dict[str, tuple[list[int], np.ndarray]] = {}
+    for space in dict.fromkeys(table["space"].to_pylist()):
+        rows = [r for r in table.to_pylist() if r["space"] == space]
+        out[space] = ([r["artist_id"] for r in rows], np.asarray([r["vector"] for r in rows], np.float32))
+    return out
+
+
+def index_status(store: Store) -> list[dict]:
+    """Every saved index with its sidecar facts and whether its source data changed since."""
+    current = source_version(store)
+    return [{"space": m["space"], "level": m["level"], "kind": m["kind"], "count": m["count"], "dim": m["dim"],
+             "recall_at_10": m["recall_at_10"], "built_at": m["built_at"], "stale": m["source_version"] != current}
+            for m in list_indexes(store)]
+
+
+def default_space(store: Store, level: str = "artist") -> str:
+    spaces = [m["space"] for m in list_indexes(store) if m["level"] == level]
+    if not spaces:
+        raise AgfError("no similarity index yet: run `agf index build`")
+    return "combined" if "combined" in spaces else spaces[0]
+
+
+def _artist_facts(store: Store) -> dict[int, dict]:
+    rows = store.query(
+        "SELECT a.artist_id, a.name, count(t.track_id) AS tracks, mode(t.genre_top) AS top_genre "
+        "FROM artists a LEFT JOIN tracks t USING (artist_id) GROUP BY ALL").to_pylist()
+    return {r["artist_id"]: r for r in rows}
+
+
+class Similar:
+    """Answers similar-artist and similar-track queries over one store's saved indexes."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.facts = _artist_facts(store)
+        stale = [f"{s['level']} {s['space']}" for s in index_status(store) if s["stale"]]
+        if stale:
+            say(f"warning: index(es) older than their source data: {', '.join(stale)}; run `agf index build`")
+
+    def _allowed(self, ids: np.ndarray, exclude: int, genre: str | None, min_tracks: int) -> np.ndarray | None:
+        if genre is None and min_tracks <= 1:
+            return None
+        keep = [i for i in ids.tolist() if i != exclude and self.facts[i]["tracks"] >= min_tracks
+                and (genre is None or slug(self.facts[i]["top_genre"] or "") == slug(genre))]
+        return np.asarray(keep, dtype=np.int64)
+
+    def artists(self, artist: dict, k: int = 10, space: str | None = None, genre: str | None = None,
+                min_tracks: int = 1) -> list[dict]:
+        """The ``k`` artists nearest to ``artist`` in ``space`` (cosine similarity), filters applied."""
+        space = space or default_space(self.store)
+        vi = load_index(self.store, space, "artist")
+        try:
+            query = vi.vector(artist["artist_id"])
+        except RuntimeError:
+            raise AgfError(f"{artist['name']} has no vector in space {space!r}") from None
+        allowed = self._allowed(vi.ids, artist["artist_id"], genre, min_tracks)
+        sims, ids = vi.search(query, k + (allowed is None), allowed)
+        rows = [(s, i) for s, i in zip(sims[0], ids[0]) if i >= 0 and i != artist["artist_id"]][:k]
+        return [{"rank": n, "artist_id": int(i), "artist": self.facts[i]["name"], "similarity": round(float(s), 4),
+                 "top_genre": self.facts[i]["top_genre"], "tracks": self.facts[i]["tracks"]}
+                for n, (s, i) in enumerate(rows, start=1)]
+
+    def tracks(self, track_id: int, k: int = 10, space: str | None = None) -> list[dict]:
+        """The ``k`` tracks nearest to ``track_id`` in a track-level space."""
+        space = space or default_space(self.store, "track")
+        vi = load_index(self.store, space, "track")
+        try:
+            query = vi.vector(track_id)
+        except RuntimeError:
+            raise AgfError(f"track {track_id} has no vector in track space {space!r}") from None
+        sims, ids = vi.search(query, k + 1)
+        info = {r["track_id"]: r for r in self.store.query(
+            "SELECT t.track_id, t.title, a.name AS artist, t.genre_top FROM tracks t JOIN artists a USING (artist_id)").to_pylist()}
+        rows = [(s, i) for s, i in zip(sims[0], ids[0]) if i >= 0 and i != track_id][:k]
+        return [{"rank": n, "track_id": int(i), "title": info[i]["title"], "artist": info[i]["artist"],
+                 "similarity": round(float(s), 4), "genre": info[i]["genre_top"]} for n, (s, i) in enumerate(rows, start=1)]
+
+    def batch(self, queries: list[dict], k: int, space: str | None = None, genre: str | None = None,
+              min_tracks: int = 1):
+        """Answer many queries (``{"artist": name}`` or ``{"artist_id": id}``); yields one dict per query."""
+        for query in queries:
+            try:
+                artist = resolve_artist(self.store, query.get("artist"), _int(query.get("artist_id")))
+                yield {"query": query, "artist_id": artist["artist_id"], "artist": artist["name"],
+                       "neighbours": self.artists(artist, k, space, genre, min_tracks)}
+            except AgfError as exc:
+                yield {"query": query, "error": str(exc)}
+
+
+def _int(value) -> int | None:
+    return None if value in (None, "") else int(value)
+
+
+def read_queries(path: Path) -> list[dict]:
+    """Queries from a CSV (columns artist and/or artist_id), a JSON list, or JSON lines."""
+    text = Path(path).read_text(encoding="utf-8")
+    if Path(path).suffix.lower() == ".csv":
+        rows = list(csv.DictReader(text.splitlines()))
+        if rows and not ({"artist", "artist_id"} & set(rows[0])):
+            raise AgfError(f"{path}: a batch CSV needs an 'artist' or 'artist_id' column")
+        return rows
+    try:
+        items = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise AgfError(f"{path}: not JSON or JSON lines ({exc.msg})") from None
+    return [{"artist": i} if isinstance(i, str) else {"artist_id": i} if isinstance(i, int) else i for i in items]
+
+
+def draw_map(store: Store, space: str, out: Path, method: str = "pca", labels: int = 15) -> dict:
+    """A 2-D picture of the artists of ``space``, coloured by top genre, the largest labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vectors = _artist_vectors(store)
+    if space not in vectors:
+        raise AgfError(f"no artist vectors for space {space!r}; spaces are: {', '.join(vectors) or 'none (run agf index build)'}")
+    ids, matrix = vectors[space]
+    if len(ids) < 3:
+        raise AgfError(f"space {space!r} has {len(ids)} artists: too few to draw")
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        xy = TSNE(2, perplexity=min(30, len(ids) - 1), random_state=0, init="pca").fit_transform(matrix)
+    elif method == "pca":
+        from sklearn.decomposition import PCA
+
+        xy = PCA(2, random_state=0).fit_transform(matrix)
+    else:
+        raise AgfError(f"unknown projection {method!r}; choose pca or tsne")
+    facts = _artist_facts(store)
+    genres = sorted({facts[i]["top_genre"] or "unknown" for i in ids})
+    colours = plt.get_cmap("tab20")
+    fig, ax = plt.subplots(figsize=(9, 7))
+    for g, genre in enumerate(genres):
+        mask = np.array([(facts[i]["top_genre"] or "unknown") == genre for i in ids])
+        sizes = np.array([facts[i]["tracks"] for i in ids])[mask]
+        ax.scatter(xy[mask, 0], xy[mask, 1], s=12 + 6 * sizes, color=colours(g % 20), label=genre, alpha=0.8)
+    for i in sorted(range(len(ids)), key=lambda n: -facts[ids[n]]["tracks"])[:labels]:
+        ax.annotate(facts[ids[i]]["name"], xy[i], fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_title(f"artists in {space} ({method.upper()}), coloured by top genre")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return {"space": space, "artists": len(ids), "method": method, "file": str(out)}
+

@@ -1,0 +1,149 @@
+"""Similar artists: indexes over every space, exact answers, filters, batches, reloads, staleness."""
+
+import json
+import shutil
+
+import faiss
+import numpy as np
+import pytest
+
+from agf.errors import AgfError
+from agf.models.factors import FactorParams, build_factors
+from agf.models.similar import Similar, build_indexes, index_status
+from agf.models.train import TrainParams, embed, train_cnn
+from agf.store import Store
+from agf.store.artists import resolve_artist
+from agf.store.index import build_index, load_index, save_index
+
+WESNOTH = "The Battle for Wesnoth OST"
+
+
+@pytest.fixture(scope="module")
+def searchable(game_store, tmp_path_factory):
+    """game-music with mfcc/dmfcc/tags factors, one CNN's embeddings, and every index built."""
+    root = tmp_path_factory.mktemp("similar") / "store"
+    shutil.copytree(game_store, root)
+    with Store.open(root, write=True) as store:
+        build_factors(store, ["mfcc", "dmfcc", "tags"], FactorParams(clusters=64, topics=8), quiet=True)
+        train_cnn(store, "agf:mfcc", TrainParams(epochs=1, crops_per_track=2), quiet=True)
+        embed(store, "all", quiet=True)
+        build_indexes(store, quiet=True)
+    return root
+
+
+def _soundtrack(store: Store) -> dict[int, str]:
+    return {r["artist_id"]: r["album"] for r in store.query(
+        "SELECT t.artist_id, mode(al.title) AS album FROM tracks t LEFT JOIN albums al USING (album_id) GROUP BY 1").to_pylist()}
+
+
+def test_every_artist_gets_answers_in_every_space(searchable):
+    store = Store.open(searchable)
+    spaces = sorted(s["space"] for s in index_status(store) if s["level"] == "artist")
+    assert spaces == ["agf:dmfcc", "agf:mfcc", "agf:tags", "combined", "emb:agf:mfcc"]
+    service = Similar(store)
+    artists = store.query("SELECT artist_id, name FROM artists").to_pylist()
+    has_tags = set(store.query("SELECT DISTINCT artist_id FROM agf WHERE source = 'tags'")["artist_id"].to_pylist())
+    for space in spaces:
+        for a in artists:
+            if space == "agf:tags" and a["artist_id"] not in has_tags:
+                with pytest.raises(AgfError, match="has no vector in space"):
+                    service.artists(resolve_artist(store, artist_id=a["artist_id"]), k=5, space=space)
+                continue
+            found = service.artists(resolve_artist(store, artist_id=a["artist_id"]), k=5, space=space)
+            expected = 5 if space != "agf:tags" else min(5, len(has_tags) - 1)
+            assert len(found) == expected and a["artist_id"] not in [f["artist_id"] for f in found]
+            assert [f["rank"] for f in found] == list(range(1, expected + 1))
+            assert all(x["similarity"] >= y["similarity"] for x, y in zip(found, found[1:]))
+
+
+def test_composers_of_one_soundtrack_find_each_other(searchable):
+    store = Store.open(searchable)
+    album = _soundtrack(store)
+    service = Similar(store)
+    wesnoth = [a for a, t in album.items() if t == WESNOTH]
+    chance = (len(wesnoth) - 1) / (len(album) - 1)
+    for space in ("agf:mfcc", "agf:dmfcc", "emb:agf:mfcc", "combined"):
+        hits = [album[n["artist_id"]] == WESNOTH for a in wesnoth
+                for n in service.artists(resolve_artist(store, artist_id=a), k=3, space=space)]
+        precision = float(np.mean(hits))
+        print(f"{space}: precision@3 of Wesnoth composers {precision:.2f} (chance {chance:.2f})")
+        if space in ("agf:dmfcc", "combined"):
+            assert precision > chance, space
+
+
+def test_the_index_matches_an_exact_search_and_reloads_bit_for_bit(searchable, tmp_path):
+    store = Store.open(searchable)
+    vi = load_index(store, "combined", "artist")
+    table = store.query("SELECT artist_id, vector FROM artist_vectors WHERE space = 'combined' ORDER BY artist_id")
+    ids = np.asarray(table["artist_id"].to_pylist())
+    x = np.asarray(table["vector"].to_pylist(), np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    sims, found = vi.search(x, 5)
+    exact = x @ x.T
+    for row, (s, f) in enumerate(zip(sims, found)):
+        order = np.argsort(-exact[row], kind="stable")[:5]
+        np.testing.assert_allclose(s, exact[row][order], atol=1e-5)
+        assert set(f[:4]) <= set(ids[np.argsort(-exact[row])[:5]])
+    saved = (searchable / "indexes" / "artist-combined.faiss").read_bytes()
+    faiss.write_index(faiss.read_index(str(searchable / "indexes" / "artist-combined.faiss")), str(tmp_path / "again.faiss"))
+    assert (tmp_path / "again.faiss").read_bytes() == saved
+
+
+def test_an_approximate_index_reports_its_recall_and_filters_keep_k_results(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6000, 32)).astype(np.float32)
+    ids = np.arange(100, 6100)
+    vi = build_index(x, ids, "synthetic", "artist", "v1", exact_limit=1000)
+    assert vi.meta["kind"].startswith("ivf") and vi.meta["recall_at_10"] >= 0.95
+    allowed = ids[ids % 7 == 0]
+    sims, found = vi.search(x[:3], 10, allowed=allowed)
+    assert (found >= 0).all() and set(found.ravel()) <= set(allowed)
+    store = Store.open(tmp_path / "s", create=True)
+    save_index(store, vi)
+    reloaded = load_index(store, "synthetic", "artist")
+    assert reloaded.meta["nprobe"] == vi.meta["nprobe"]
+    np.testing.assert_array_equal(reloaded.search(x[:5], 10)[1], vi.search(x[:5], 10)[1])
+
+
+def test_filters_names_and_batches_from_the_cli(searchable, cli, tmp_path):
+    out = cli("similar", "doug KAUFMAN", "-k", "3", "--space", "combined", "--store", searchable, "--json")
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.stdout)
+    assert [r["rank"] for r in rows] == [1, 2, 3] and set(rows[0]) == {"rank", "artist_id", "artist", "similarity", "top_genre", "tracks"}
+    classical = json.loads(cli("similar", "Doug Kaufman", "-k", "20", "--genre", "classical", "--min-tracks", "3",
+                               "--store", searchable, "--json").stdout)
+    store = Store.open(searchable)
+    eligible = store.query("SELECT artist_id FROM tracks GROUP BY 1 HAVING mode(genre_top) = 'Classical' AND count(*) >= 3 "
+                           "AND artist_id <> (SELECT artist_id FROM artists WHERE name = 'Doug Kaufman')").num_rows
+    assert len(classical) == eligible and all(r["top_genre"] == "Classical" and r["tracks"] >= 3 for r in classical)
+    unknown = cli("similar", "Doug Kaufmn", "--store", searchable)
+    assert unknown.exit_code == 1 and unknown.output.strip() == "Error: no artist named 'Doug Kaufmn'; did you mean 'Doug Kaufman'?"
+    queries = tmp_path / "q.csv"
+    queries.write_text("artist,artist_id\nSectoid,\n,1\nNobody Known,\n")
+    lines = [json.loads(line) for line in cli("similar", "--batch", queries, "-k", "2", "--store", searchable).stdout.splitlines()]
+    assert [len(line.get("neighbours", [])) for line in lines] == [2, 2, 0]
+    assert lines[0]["artist"] == "Sectoid" and lines[1]["artist_id"] == 1 and "no artist named" in lines[2]["error"]
+    tracks = json.loads(cli("similar", "--track", "1", "-k", "4", "--store", searchable, "--json").stdout)
+    assert len(tracks) == 4 and 1 not in [t["track_id"] for t in tracks]
+
+
+def test_an_ambiguous_name_lists_the_candidates(tmp_path):
+    import pyarrow as pa
+
+    store = Store.open(tmp_path / "s", create=True)
+    store.write(append={"artists": pa.table({"artist_id": pa.array([1, 2], pa.int64()), "source_id": ["x", "y"],
+                                             "name": ["Nirvana", "nirvána"]})})
+    with pytest.raises(AgfError, match=r"2 artists are named 'NIRVANA': Nirvana \(--id 1\), nirvána \(--id 2\)"):
+        resolve_artist(store, "NIRVANA")
+
+
+def test_an_index_older_than_its_data_is_stale_until_rebuilt(searchable, tmp_path, cli):
+    root = tmp_path / "s"
+    shutil.copytree(searchable, root)
+    with Store.open(root, write=True) as store:
+        build_factors(store, ["tags"], FactorParams(clusters=64, topics=6), quiet=True)
+        assert all(s["stale"] for s in index_status(store))
+    assert cli("index", "build", "--store", root, "--quiet").exit_code == 0
+    assert not any(s["stale"] for s in index_status(Store.open(root)))
+    drawn = cli("map", tmp_path / "map.png", "--space", "agf:mfcc", "--store", root, "--json")
+    assert drawn.exit_code == 0 and (tmp_path / "map.png").stat().st_size > 10_000

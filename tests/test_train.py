@@ -1,0 +1,113 @@
+"""The CNNs and the transfer classifier: the KL target, checkpoints, determinism, evaluation."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from agf.ingest import collect, ingest
+from agf.ingest.synth import write_corpus
+from agf.models.cnn import GenreCNN, kl_divergence, soft_cross_entropy
+from agf.models.factors import FactorParams, build_factors
+from agf.models.train import TrainParams, all_tracks, clip_outputs, fit_cnn, load_cnn, save_cnn
+from agf.store import Store
+
+QUICK = TrainParams(epochs=2, crops_per_track=2, batch_size=16, patience=2)
+
+
+@pytest.fixture(scope="module")
+def trainable(tmp_path_factory) -> Store:
+    """3 genres x 5 artists x 3 tracks of 6 s, ingested with fma, with mfcc and tags factors."""
+    root = tmp_path_factory.mktemp("train")
+    manifest = write_corpus(root / "corpus", genres=3, artists=5, tracks=3, seconds=6.0, seed=1)
+    store = Store.open(root / "store", create=True)
+    candidates, _ = collect(manifest.parent, manifest=manifest)
+    ingest(store, candidates, features=("mfcc", "fma"), workers=2, quiet=True)
+    build_factors(store, ["mfcc", "tags"], FactorParams(clusters=16, topics=4), quiet=True)
+    store.close()
+    return root / "store"
+
+
+def test_the_soft_target_loss_has_the_gradients_of_the_kl_divergence():
+    torch.manual_seed(0)
+    target = torch.softmax(torch.randn(6, 40), dim=1)
+    logits = torch.randn(6, 40, requires_grad=True)
+    entropy = -(target * target.log()).sum(dim=1).mean()
+    ce = soft_cross_entropy(logits, target)
+    kl = kl_divergence(logits, target)
+    assert torch.allclose(ce - kl, entropy, atol=1e-6)
+    (grad_ce,) = torch.autograd.grad(ce, logits)
+    (grad_kl,) = torch.autograd.grad(kl_divergence(logits, target), logits)
+    assert torch.allclose(grad_ce, grad_kl, atol=1e-7)
+    assert kl_divergence(target.log(), target).abs().item() < 1e-6  # zero when the network matches
+
+
+def test_the_cnn_has_the_published_shape():
+    model = GenreCNN(16).eval()
+    x = torch.zeros(3, 1, 128, 43)
+    assert model.embed(x).shape == (3, 256) and model(x).shape == (3, 16)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size) for c in convs] == [
+        (16, (5, 5)), (32, (3, 3)), (64, (3, 3)), (64, (3, 3)), (128, (3, 3)), (256, (3, 3)), (256, (1, 1))]
+
+
+def test_an_agf_network_learns_soft_targets_and_its_checkpoint_reloads_identically(trainable):
+    with Store.open(trainable, write=True) as store:
+        model, spectra, config, metrics = fit_cnn(store, "agf:mfcc", QUICK, quiet=True)
+        assert config["classes"] == [f"factor {i}" for i in range(4)] and np.isfinite(metrics["val_loss"])
+        model_id = save_cnn(store, model, spectra, config, metrics)
+    reloaded, reloaded_spectra, _ = load_cnn(store, model_id, torch.device("cpu"))
+    tracks = [t["track_id"] for t in all_tracks(store)[:7]]
+    before = clip_outputs(model.cpu(), spectra, tracks, torch.device("cpu"))
+    after = clip_outputs(reloaded, reloaded_spectra, tracks, torch.device("cpu"))
+    for a, b in zip(before, after):
+        assert np.array_equal(a, b)
+    assert np.allclose(after[1].sum(axis=1), 1, atol=1e-5)
+    row = store.query("SELECT kind, target FROM models WHERE model_id = ?", [model_id]).to_pylist()
+    assert row == [{"kind": "cnn", "target": "agf:mfcc"}]
+
+
+def test_training_on_the_cpu_is_deterministic(trainable, cli):
+    runs = [cli("train", "--target", "genre", "--epochs", "1", "--crops-per-track", "2", "--seed", "5",
+                "--store", trainable, "--json", "--quiet") for _ in range(2)]
+    assert all(r.exit_code == 0 for r in runs), runs[0].output
+    first, second = (json.loads(r.stdout)[0] for r in runs)
+    assert first["model_id"] == second["model_id"]  # the checkpoint is named by its sha256
+    assert first["val_loss"] == second["val_loss"] and first["device"] == "cpu"
+
+
+def test_the_whole_learning_half_runs_and_is_evaluated_side_by_side(trainable, cli, tmp_path):
+    for args in (["train", "--target", "all", "--epochs", "1", "--crops-per-track", "2"], ["embed"],
+                 ["train", "--target", "transfer", "--epochs", "30"]):
+        out = cli(*args, "--store", trainable, "--quiet")
+        assert out.exit_code == 0, out.output
+    store = Store.open(trainable)
+    targets = store.query("SELECT DISTINCT target FROM models WHERE kind = 'cnn' ORDER BY 1")["target"].to_pylist()
+    assert targets == ["agf:mfcc", "agf:tags", "genre"]
+    assert store.query("SELECT count(DISTINCT model_id) AS m, count(*) AS n FROM embeddings").to_pylist()[0]["n"] >= 3 * 45
+    assert store.sql("SELECT typeof(vector) AS t FROM embeddings LIMIT 1").to_pylist() == [{"t": "FLOAT[256]"}]
+    predicted = store.query("SELECT count(DISTINCT track_id) AS n, min(rank) AS lo, max(rank) AS hi FROM predictions").to_pylist()[0]
+    assert predicted == {"n": 9, "lo": 1, "hi": 3}  # 3 test artists x 3 tracks, 3 genres ranked
+    out = cli("evaluate", "--out", tmp_path / "report", "--store", trainable, "--json", "--full")
+    report = json.loads(out.stdout)
+    assert report["test_artists_also_in_training"] == 0 and report["test_tracks"] == 9
+    names = [n.split(" (")[0] for n in report["models"]]
+    assert names == ["genre CNN", "transfer MLP", "baseline: logistic regression on fma"]
+    for scores in report["models"].values():
+        assert 0 <= scores["accuracy"] <= 1 and scores["log_loss"] > 0
+        assert sum(map(sum, scores["confusion"])) == 9
+    assert (tmp_path / "report" / "confusion.png").stat().st_size > 1000
+    random = cli("evaluate", "--split", "random", "--out", tmp_path / "r2", "--store", trainable, "--json", "--full")
+    assert json.loads(random.stdout)["test_artists_also_in_training"] > 0  # said plainly, not hidden
+
+
+def test_too_few_labelled_tracks_is_a_clear_error(small_store, tmp_path, cli):
+    import shutil
+
+    root = tmp_path / "s"
+    shutil.copytree(small_store, root)
+    out = cli("train", "--target", "genre", "--store", root)
+    assert out.exit_code == 1
+    assert out.output.strip() == ("Error: too few labelled tracks to train genre: 9 in the training split "
+                                  "covering 3 class(es); need 10 tracks and 2 classes")
