@@ -140,6 +140,7 @@ def ingest(
     features: Annotated[str | None, typer.Option(help="Feature sets, comma-separated: mfcc,dmfcc,fma,essentia.")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: every core).")] = None,
     force: Annotated[bool, typer.Option(help="Recompute files whose audio is already stored.")] = False,
+    part_size: Annotated[int, typer.Option(help="Files per committed part: an interruption loses at most one part.")] = 64,
     sample_rate: Annotated[int, typer.Option(help="Sample rate of a new store, Hz.")] = 22050,
     clip_seconds: Annotated[float, typer.Option(help="Longest clip kept per file (from its middle), s; for a new store.")] = 30.0,
     store: StoreDir = DEFAULT_STORE,
@@ -159,7 +160,8 @@ def ingest(
     candidates, genre_tree = collect(audio_dir, manifest=manifest, fma_metadata=fma_metadata,
                                      mapping=_mapping(map_ or []), subset=subset)
     with _open(store, write=True, create=True, sample_rate=sample_rate, clip_seconds=clip_seconds) as opened:
-        summary = run_ingest(opened, candidates, genre_tree, features=chosen, workers=workers, force=force, quiet=quiet)
+        summary = run_ingest(opened, candidates, genre_tree, features=chosen, workers=workers, force=force,
+                                  part_size=part_size, quiet=quiet)
     say(f"ingested {summary.ingested}, skipped {summary.skipped}, failed {summary.failed} "
         f"in {summary.seconds:.1f} s ({summary.files_per_second:.1f} files/s)", quiet)
     return summary.as_dict()
@@ -368,7 +370,6 @@ def similar(
     Example: agf similar "Doug Kaufman" -k 5 --space agf:mfcc
     """
     from agf.models.similar import Similar, read_queries
-    from agf.store.artists import resolve_artist
 
     opened = _open(store)
     service = Similar(opened)
@@ -380,7 +381,7 @@ def similar(
         return service.tracks(track, k, space)
     if artist is None and artist_id is None:
         raise AgfError("name an artist, or give --id, --track or --batch")
-    return service.artists(resolve_artist(opened, artist, artist_id), k, space, genre, min_tracks)
+    return service.artists(service.directory.resolve(artist, artist_id), k, space, genre, min_tracks)
 
 
 @app.command("map")

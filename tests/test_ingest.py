@@ -190,3 +190,33 @@ def test_unknown_feature_sets_are_refused(tmp_path, cli):
 def test_a_missing_audio_folder_is_refused():
     with pytest.raises(AgfError, match="does not exist"):
         collect("/nonexistent/audio")
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGKILL"])
+def test_ctrl_c_or_a_kill_mid_ingest_loses_nothing_stored_and_the_next_run_resumes(small_corpus, tmp_path, signal_name):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "s"
+    command = [sys.executable, "-m", "agf.cli", "ingest", str(small_corpus.parent), "--manifest", str(small_corpus),
+               "--features", "mfcc", "--workers", "1", "--part-size", "2", "--store", str(root), "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((root / "tables" / "tracks").glob("*.parquet"))) < 3:
+        time.sleep(0.05)  # wait for two committed parts (the first part is the empty table)
+    process.send_signal(getattr(signal, signal_name))
+    _, err = process.communicate(timeout=60)
+    if signal_name == "SIGINT":
+        assert process.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    else:
+        assert process.returncode == -signal.SIGKILL
+    store = Store.open(root, write=True)  # finishes or discards the transaction in flight
+    stored = store.count("tracks")
+    assert 4 <= stored < 27 and store.count("features_mfcc") == stored
+    assert not list(root.glob("tables/*/.*.tmp")) and not list(root.glob("journal/*"))
+    store.close()
+    resumed = subprocess.run(command[:-1] + ["--json"], capture_output=True, text=True, check=True)
+    assert '"skipped": %d' % stored in resumed.stdout and '"ingested": %d' % (27 - stored) in resumed.stdout
+    assert Store.open(root).count("tracks") == 27

@@ -12,7 +12,7 @@ from agf.ingest.metadata import slug
 from agf.models.spaces import refresh_artist_vectors, track_spaces
 from agf.progress import say
 from agf.store import Store
-from agf.store.artists import resolve_artist
+from agf.store.artists import ArtistDirectory, artist_rows
 from agf.store.index import build_index, list_indexes, load_index, save_index
 
 SOURCE_TABLES = ("tracks", "agf", "embeddings", "models")
@@ -69,26 +69,18 @@ def default_space(store: Store, level: str = "artist") -> str:
     return "combined" if "combined" in spaces else spaces[0]
 
 
-def _artist_facts(store: Store) -> dict[int, dict]:
-    rows = store.query(
-        "SELECT a.artist_id, a.name, count(t.track_id) AS tracks, mode(t.genre_top) AS top_genre "
-        "FROM artists a LEFT JOIN tracks t USING (artist_id) GROUP BY ALL").to_pylist()
-    return {r["artist_id"]: r for r in rows}
-
-
 class Similar:
     """Answers similar-artist and similar-track queries over one store's saved indexes."""
 
     def __init__(self, store: Store):
         self.store = store
-        self.facts = _artist_facts(store)
+        self.directory = ArtistDirectory(artist_rows(store))
+        self.facts = self.directory.by_id
         stale = [f"{s['level']} {s['space']}" for s in index_status(store) if s["stale"]]
         if stale:
             say(f"warning: index(es) older than their source data: {', '.join(stale)}; run `agf index build`")
 
-    def _allowed(self, ids: np.ndarray, exclude: int, genre: str | None, min_tracks: int) -> np.ndarray | None:
-        if genre is None and min_tracks <= 1:
-            return None
+    def _allowed(self, ids: np.ndarray, exclude: int, genre: str | None, min_tracks: int) -> np.ndarray:
         keep = [i for i in ids.tolist() if i != exclude and self.facts[i]["tracks"] >= min_tracks
                 and (genre is None or slug(self.facts[i]["top_genre"] or "") == slug(genre))]
         return np.asarray(keep, dtype=np.int64)
@@ -96,15 +88,28 @@ class Similar:
     def artists(self, artist: dict, k: int = 10, space: str | None = None, genre: str | None = None,
                 min_tracks: int = 1) -> list[dict]:
         """The ``k`` artists nearest to ``artist`` in ``space`` (cosine similarity), filters applied."""
+        return self.many_artists([artist], k, space, genre, min_tracks)[0]
+
+    def many_artists(self, artists: list[dict], k: int = 10, space: str | None = None, genre: str | None = None,
+                     min_tracks: int = 1) -> list[list[dict]]:
+        """Neighbours of each of ``artists``; without filters, one batched search answers them all."""
         space = space or default_space(self.store)
         vi = load_index(self.store, space, "artist")
-        try:
-            query = vi.vector(artist["artist_id"])
-        except RuntimeError:
-            raise AgfError(f"{artist['name']} has no vector in space {space!r}") from None
-        allowed = self._allowed(vi.ids, artist["artist_id"], genre, min_tracks)
-        sims, ids = vi.search(query, k + (allowed is None), allowed)
-        rows = [(s, i) for s, i in zip(sims[0], ids[0]) if i >= 0 and i != artist["artist_id"]][:k]
+        queries = []
+        for artist in artists:
+            try:
+                queries.append(vi.vector(artist["artist_id"]))
+            except RuntimeError:
+                raise AgfError(f"{artist['name']} has no vector in space {space!r}") from None
+        if genre is None and min_tracks <= 1:
+            sims, ids = vi.search(np.stack(queries), k + 1)
+        else:
+            found = [vi.search(q, k, self._allowed(vi.ids, a["artist_id"], genre, min_tracks)) for q, a in zip(queries, artists)]
+            sims, ids = np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
+        return [self._rows(artist["artist_id"], s, i, k) for artist, s, i in zip(artists, sims, ids)]
+
+    def _rows(self, query_id: int, sims: np.ndarray, ids: np.ndarray, k: int) -> list[dict]:
+        rows = [(s, i) for s, i in zip(sims, ids) if i >= 0 and i != query_id][:k]
         return [{"rank": n, "artist_id": int(i), "artist": self.facts[i]["name"], "similarity": round(float(s), 4),
                  "top_genre": self.facts[i]["top_genre"], "tracks": self.facts[i]["tracks"]}
                 for n, (s, i) in enumerate(rows, start=1)]
@@ -126,14 +131,23 @@ class Similar:
 
     def batch(self, queries: list[dict], k: int, space: str | None = None, genre: str | None = None,
               min_tracks: int = 1):
-        """Answer many queries (``{"artist": name}`` or ``{"artist_id": id}``); yields one dict per query."""
+        """Answer many queries (``{"artist": name}`` or ``{"artist_id": id}``): one dict per query, in order.
+
+        Queries that name no known artist get an ``error``; the others are answered together.
+        """
+        answers, found = [], []
         for query in queries:
             try:
-                artist = resolve_artist(self.store, query.get("artist"), _int(query.get("artist_id")))
-                yield {"query": query, "artist_id": artist["artist_id"], "artist": artist["name"],
-                       "neighbours": self.artists(artist, k, space, genre, min_tracks)}
+                artist = self.directory.resolve(query.get("artist"), _int(query.get("artist_id")))
+                answers.append({"query": query, "artist_id": artist["artist_id"], "artist": artist["name"]})
+                found.append((len(answers) - 1, artist))
             except AgfError as exc:
-                yield {"query": query, "error": str(exc)}
+                answers.append({"query": query, "error": str(exc)})
+        if found:
+            neighbours = self.many_artists([a for _, a in found], k, space, genre, min_tracks)
+            for (position, _), rows_found in zip(found, neighbours):
+                answers[position]["neighbours"] = rows_found
+        return answers
 
 
 def _int(value) -> int | None:
@@ -178,7 +192,7 @@ def draw_map(store: Store, space: str, out: Path, method: str = "pca", labels: i
         xy = PCA(2, random_state=0).fit_transform(matrix)
     else:
         raise AgfError(f"unknown projection {method!r}; choose pca or tsne")
-    facts = _artist_facts(store)
+    facts = ArtistDirectory(artist_rows(store)).by_id
     genres = sorted({facts[i]["top_genre"] or "unknown" for i in ids})
     colours = plt.get_cmap("tab20")
     fig, ax = plt.subplots(figsize=(9, 7))

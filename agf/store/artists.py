@@ -1,36 +1,53 @@
 """Finding an artist by name (case- and accent-insensitive) or by id, with helpful errors."""
 
 import difflib
+from collections import defaultdict
 
 from agf.errors import AgfError
 from agf.ingest.metadata import slug
 from agf.store.store import Store
 
 
-def resolve_artist(store: Store, name: str | None = None, artist_id: int | None = None) -> dict:
-    """The artist row (artist_id, name, tracks) for a name or an id.
-
-    An unknown name raises :class:`AgfError` naming the closest known names; an ambiguous name
-    lists the candidates with their ids.
-    """
-    artists = store.query(
-        "SELECT a.artist_id, a.name, count(t.track_id) AS tracks FROM artists a "
+def artist_rows(store: Store) -> list[dict]:
+    """Every artist with its track count and most frequent top genre, by artist_id."""
+    return store.query(
+        "SELECT a.artist_id, a.name, count(t.track_id) AS tracks, mode(t.genre_top) AS top_genre FROM artists a "
         "LEFT JOIN tracks t USING (artist_id) GROUP BY ALL ORDER BY a.artist_id"
     ).to_pylist()
-    if artist_id is not None:
-        found = [a for a in artists if a["artist_id"] == artist_id]
-        if not found:
-            raise AgfError(f"no artist with id {artist_id}")
-        return found[0]
-    key = slug(name or "")
-    found = [a for a in artists if slug(a["name"]) == key]
-    if len(found) == 1:
-        return found[0]
-    if found:
-        listed = ", ".join(f"{a['name']} (--id {a['artist_id']})" for a in found)
-        raise AgfError(f"{len(found)} artists are named {name!r}: {listed}")
-    by_key = {slug(a["name"]): a["name"] for a in artists}
-    close = difflib.get_close_matches(key, list(by_key), n=3, cutoff=0.5)
-    close += [k for k in by_key if key and key in k and k not in close]
-    hint = f"; did you mean {', '.join(repr(by_key[k]) for k in close[:3])}?" if close else ""
-    raise AgfError(f"no artist named {name!r}{hint}")
+
+
+class ArtistDirectory:
+    """Artists by id and by name key, for resolving many names with one query."""
+
+    def __init__(self, rows: list[dict]):
+        self.by_id = {r["artist_id"]: r for r in rows}
+        self.by_key: dict[str, list[dict]] = defaultdict(list)
+        for r in rows:
+            self.by_key[slug(r["name"])].append(r)
+
+    def resolve(self, name: str | None = None, artist_id: int | None = None) -> dict:
+        """The artist row (artist_id, name, tracks, top_genre) for a name or an id.
+
+        An unknown name raises :class:`AgfError` naming the closest known names; an ambiguous
+        name lists the candidates with their ids.
+        """
+        if artist_id is not None:
+            if artist_id not in self.by_id:
+                raise AgfError(f"no artist with id {artist_id}")
+            return self.by_id[artist_id]
+        key = slug(name or "")
+        found = self.by_key.get(key, [])
+        if len(found) == 1:
+            return found[0]
+        if found:
+            listed = ", ".join(f"{a['name']} (--id {a['artist_id']})" for a in found)
+            raise AgfError(f"{len(found)} artists are named {name!r}: {listed}")
+        close = difflib.get_close_matches(key, list(self.by_key), n=3, cutoff=0.5)
+        close += [k for k in self.by_key if key and key in k and k not in close]
+        hint = f"; did you mean {', '.join(repr(self.by_key[k][0]['name']) for k in close[:3])}?" if close else ""
+        raise AgfError(f"no artist named {name!r}{hint}")
+
+
+def resolve_artist(store: Store, name: str | None = None, artist_id: int | None = None) -> dict:
+    """Resolve one artist by name or id (see :meth:`ArtistDirectory.resolve`)."""
+    return ArtistDirectory(artist_rows(store)).resolve(name, artist_id)
