@@ -258,7 +258,8 @@ def train(
 
     Example: agf train --target all && agf embed && agf train --target transfer
     """
-    from agf.models.factors import SOURCES, latest_model
+    from agf.models.factors import SOURCES
+    from agf.store.models import latest_model
     from agf.models.train import TrainParams, train_cnn
     from agf.models.transfer import TransferParams, train_transfer
 

@@ -2,7 +2,6 @@
 
 import csv
 import datetime as dt
-import io
 import json
 import math
 import sys

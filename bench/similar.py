@@ -27,10 +27,13 @@ from agf.store.index import build_index, normalise, save_index
 DIM = 256
 
 
-def synthetic(n: int, seed: int) -> np.ndarray:
+def synthetic(n: int, seed: int, n_queries: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` vectors around n / 200 centres, and ``n_queries`` held-out queries from the same mixture."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(max(8, n // 200), DIM)).astype(np.float32)
-    return normalise(centres[rng.integers(len(centres), size=n)] + 0.6 * rng.normal(size=(n, DIM)).astype(np.float32))
+    total = n + n_queries
+    x = normalise(centres[rng.integers(len(centres), size=total)] + 0.6 * rng.normal(size=(total, DIM)).astype(np.float32))
+    return x[:n], x[n:]
 
 
 def latencies(fn, queries: np.ndarray) -> tuple[float, float]:
@@ -77,8 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         store = Store.open(Path(tmp) / "store", create=True)
-        artists = synthetic(args.artists, 0)
-        queries = synthetic(10_000, 1)
+        artists, queries = synthetic(args.artists, 0)
         result = bench_library("artists", artists, queries)
         save_index(store, result["vi"])
         ids = pa.array(np.arange(1, args.artists + 1), pa.int64())
@@ -101,7 +103,7 @@ def main() -> None:
         print(f"cli      agf similar --batch (1,000 artists, process start included): {cli_batch:.2f} s = "
               f"{1000 / cli_batch:,.0f} q/s; one agf similar call: {cli_single:.2f} s wall", flush=True)
         del result, artists
-        tracks = synthetic(args.tracks, 2)
+        tracks, queries = synthetic(args.tracks, 2)
         result = bench_library("tracks", tracks, queries)
         del result
         track_store = Store.open(Path(tmp) / "tracks", create=True)

@@ -220,3 +220,46 @@ def test_ctrl_c_or_a_kill_mid_ingest_loses_nothing_stored_and_the_next_run_resum
     resumed = subprocess.run(command[:-1] + ["--json"], capture_output=True, text=True, check=True)
     assert '"skipped": %d' % stored in resumed.stdout and '"ingested": %d' % (27 - stored) in resumed.stdout
     assert Store.open(root).count("tracks") == 27
+
+
+def test_every_supported_format_at_any_rate_mono_or_stereo_is_resampled_once(tmp_path):
+    t = np.arange(int(3.0 * 48000)) / 48000
+    tone = (0.3 * np.sin(2 * np.pi * 330 * t) + 0.05 * np.sin(2 * np.pi * 1200 * t)).astype(np.float32)
+    cases = {
+        "a.wav": (8000, 1, {}), "b.flac": (44100, 2, {}), "c.ogg": (32000, 2, {"subtype": "VORBIS"}),
+        "d.opus": (48000, 1, {"format": "OGG", "subtype": "OPUS"}), "e.mp3": (44100, 2, {"format": "MP3"}),
+    }
+    for name, (rate, channels, kwargs) in cases.items():
+        y = tone[:: max(1, 48000 // rate)][: 3 * rate]
+        sf.write(tmp_path / name, np.stack([y] * channels, axis=1) if channels == 2 else y, rate, **kwargs)
+    store = Store.open(tmp_path / "s", create=True)
+    candidates, _ = collect(tmp_path)
+    summary = ingest(store, candidates, features=("mfcc",), workers=1, quiet=True)
+    assert (summary.ingested, summary.failed) == (5, 0), store.query("SELECT * FROM ingest_errors").to_pylist()
+    rates = {r["path"].split("/")[-1]: r["sample_rate"] for r in store.query("SELECT path, sample_rate FROM tracks").to_pylist()}
+    assert rates == {name: rate for name, (rate, _, _) in cases.items()}
+    from agf.store import FrameCache
+
+    frames = FrameCache(store.root, "logmel")
+    lengths = [frames.read(t).shape[0] for t in store.query("SELECT track_id FROM tracks")["track_id"].to_pylist()]
+    assert all(abs(n - (1 + 3 * 22050 // 512)) <= 3 for n in lengths), lengths  # ~3 s at 22,050 Hz, whatever the source
+
+
+def test_metadata_that_is_not_utf8_is_read_not_fatal(tmp_path, small_corpus):
+    from mutagen.id3 import ID3, TPE1, TIT2, Encoding
+
+    audio = sorted(small_corpus.parent.glob("audio/*/*.flac"))[0]
+    y, rate = sf.read(audio)
+    sf.write(tmp_path / "latin.mp3", y, rate, format="MP3")
+    tags = ID3()
+    tags.add(TPE1(encoding=Encoding.LATIN1, text="Bj\xf6rk"))
+    tags.add(TIT2(encoding=Encoding.LATIN1, text="J\xf3ga"))
+    tags.save(tmp_path / "latin.mp3")
+    (tmp_path / "manifest.csv").write_bytes("path,artist,title\nlatin.mp3,Sigur R\xf3s,Hopp\xedpolla\n".encode("latin-1"))
+    store = Store.open(tmp_path / "s", create=True)
+    ingest(store, collect(tmp_path, manifest=tmp_path / "manifest.csv")[0], features=("mfcc",), workers=1, quiet=True)
+    ingest(store, collect(tmp_path)[0], features=("mfcc",), workers=1, force=True, quiet=True)
+    names = store.query("SELECT name FROM artists ORDER BY artist_id")["name"].to_pylist()
+    assert names == ["Sigur R\ufffds", "Bj\xf6rk"]  # bad UTF-8 becomes U+FFFD; Latin-1 ID3 tags decode
+    assert store.query("SELECT t.title, a.name FROM tracks t JOIN artists a USING (artist_id)").to_pylist() == [
+        {"title": "J\xf3ga", "name": "Bj\xf6rk"}]

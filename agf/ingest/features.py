@@ -7,7 +7,6 @@ as a plain loop over mdeff/fma's ``features.py`` would do); it is the reference 
 path is tested against and the baseline of ``bench/ingest.py``.
 """
 
-import warnings
 from functools import cached_property
 
 import librosa

@@ -5,6 +5,7 @@ Vector columns are declared as variable ``list<float32>``; parts are written as
 ``schema.sql`` cast them to ``FLOAT[n]`` once the store knows ``n``.
 """
 
+import numpy as np
 import pyarrow as pa
 
 VECTOR = pa.list_(pa.float32())
@@ -116,8 +117,6 @@ VECTOR_COLUMNS = {
 
 def fixed_vectors(matrix) -> pa.FixedSizeListArray:
     """Pack a 2-d array (n_rows, dim) into an Arrow ``fixed_size_list<float32>[dim]`` column."""
-    import numpy as np
-
     matrix = np.ascontiguousarray(matrix, dtype=np.float32)
     if matrix.ndim != 2:
         raise ValueError(f"expected a 2-d matrix of vectors, got shape {matrix.shape}")
