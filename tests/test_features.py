@@ -82,3 +82,20 @@ def test_statistics_are_fmas_seven_per_row(rows, frames, seed):
     out = statistics(x).reshape(7, rows)
     expected = [stats.kurtosis(x, axis=1), x.max(1), x.mean(1), np.median(x, 1), x.min(1), stats.skew(x, axis=1), x.std(1)]
     np.testing.assert_allclose(out, np.nan_to_num(np.array(expected)), rtol=1e-4, atol=1e-4)
+
+
+def test_essentia_descriptors_when_the_extra_is_installed(tmp_path):
+    pytest.importorskip("essentia")
+    import soundfile as sf
+
+    from agf.ingest.pipeline import ExtractConfig, extract
+    from agf.store.store import DEFAULT_CONFIG
+
+    t = np.arange(int(8.0 * 44100)) / 44100
+    sf.write(tmp_path / "tone.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 44100)
+    sf.write(tmp_path / "chirp.wav", (0.3 * np.sin(2 * np.pi * (200 + 100 * t) * t)).astype(np.float32), 44100)
+    config = ExtractConfig(22050, 5.0, DEFAULT_CONFIG["frames"], ("essentia",))
+    a = extract(tmp_path / "tone.wav", config)["vectors"]["essentia"]
+    b = extract(tmp_path / "chirp.wav", config)["vectors"]["essentia"]
+    assert a.shape == b.shape and a.shape[0] > 500 and np.all(np.isfinite(a))
+    assert not np.allclose(a, b)

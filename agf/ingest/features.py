@@ -63,11 +63,16 @@ def statistics(frames: np.ndarray) -> np.ndarray:
 
 
 class Spectra:
-    """The transforms of one clip ``y`` at ``sr`` Hz, each computed once on first use."""
+    """The transforms of one clip ``y`` at ``sr`` Hz, each computed once on first use.
 
-    def __init__(self, y: np.ndarray, sr: int):
+    ``path`` and ``clip`` (start and end in seconds) name where the clip came from, for
+    extractors that decode the file themselves (Essentia's MusicExtractor).
+    """
+
+    def __init__(self, y: np.ndarray, sr: int, path=None, clip: tuple[float, float] | None = None):
         self.y = y
         self.sr = sr
+        self.path, self.clip = path, clip
         self._stft: dict[tuple[int, int], np.ndarray] = {}
 
     def stft(self, n_fft: int, hop_length: int) -> np.ndarray:
@@ -182,15 +187,27 @@ def fma_features_reference(y: np.ndarray, sr: int) -> np.ndarray:
     return _fma_vector(matrices)
 
 
+ESSENTIA_STATS = ["mean", "stdev", "median", "min", "max", "dmean", "dvar"]
+
+
 def essentia_vector(spectra: Spectra, logmel: dict | None = None) -> np.ndarray:
-    """``essentia`` feature set: Essentia's MusicExtractor low-level statistics, flattened.
+    """``essentia`` feature set: MusicExtractor's low-level statistics over the same clip, flattened.
 
-    Needs the optional AGPL ``essentia`` extra.
+    MusicExtractor decodes the file itself at 44.1 kHz (as the authors analysed it), limited to
+    the clip's span. Descriptors are taken in sorted name order; not standardised. Needs the
+    optional AGPL ``essentia`` extra.
     """
-    import essentia.standard as es  # noqa: PLC0415 - optional extra
+    import essentia
+    import essentia.standard as es
 
-    pool = es.MusicExtractor(lowlevelStats=["mean", "stdev"])(spectra.y)[0]
-    names = sorted(n for n in pool.descriptorNames() if n.startswith("lowlevel."))
+    essentia.log.infoActive = False
+    start, end = spectra.clip
+    pool, _ = es.MusicExtractor(lowlevelStats=ESSENTIA_STATS, rhythmStats=ESSENTIA_STATS, tonalStats=ESSENTIA_STATS,
+                                startTime=start, endTime=end)(str(spectra.path))
+    # Frame statistics and scalars have the same size on every track; raw event lists do not.
+    names = sorted(n for n in pool.descriptorNames() if n.split(".")[0] in ("lowlevel", "rhythm", "tonal")
+                   and np.asarray(pool[n]).dtype.kind in "fiu"
+                   and (n.rsplit(".", 1)[-1] in ESSENTIA_STATS or np.ndim(pool[n]) == 0))
     return np.concatenate([np.ravel(np.asarray(pool[n], dtype=np.float32)) for n in names])
 
 

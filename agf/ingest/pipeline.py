@@ -82,7 +82,8 @@ def extract(path: Path, config: ExtractConfig) -> dict:
     {feature_set: (dim,)}}``; raises :class:`AudioError` with the failing stage.
     """
     y, native_rate, duration = load_clip(path, config.sample_rate, config.clip_seconds)
-    spectra = Spectra(y, config.sample_rate)
+    start = max(0.0, (duration - config.clip_seconds) / 2)
+    spectra = Spectra(y, config.sample_rate, path=path, clip=(start, start + len(y) / config.sample_rate))
     try:
         # float16 here, as stored: half the bytes to send back to the parent
         frames = {kind: fn(spectra, **config.frames[kind]).astype(np.float16) for kind, fn in FRAME_EXTRACTORS.items()}
