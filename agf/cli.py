@@ -9,6 +9,7 @@ import inspect
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -405,22 +406,42 @@ def map_(
 @app.command()
 @command
 def tag(
-    paths: Annotated[list[Path], typer.Argument(help="Audio files or folders of new music.")],
+    paths: Annotated[list[Path] | None, typer.Argument(help="Audio files or folders of new music.")] = None,
+    manifest: Annotated[Path | None, typer.Option(help="CSV of the files with a path column (and artist, album, title...): paths relative to the first PATH folder, else to the CSV.")] = None,
+    model: Annotated[str | None, typer.Option(help="Transfer model id (default: the newest).")] = None,
     top: Annotated[int, typer.Option(help="Genres shown per file.")] = 3,
     workers: Annotated[int | None, typer.Option(help="Ingest worker processes (default: every core).")] = None,
+    chunk_size: Annotated[int, typer.Option(help="Files ingested, embedded, classified and committed together.")] = 256,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     store: StoreDir = DEFAULT_STORE,
     quiet: Quiet = False,
 ):
     """Tag new music with genres: ingest, embed with the stored CNNs, predict with the transfer MLP.
 
+    Every genre's probability goes to the predictions table; the table shows the top ones per file.
+
     Example: agf tag ./new_music/ --top 3
     """
-    from agf.ingest.metadata import read_files
-    from agf.models.tag import tag as run_tag
+    from agf.ingest.metadata import read_files, read_manifest
+    from agf.models.tag import Tagger
+    from agf.progress import say
 
-    candidates = read_files(paths)
+    paths = paths or []
+    if manifest:
+        candidates = read_manifest(manifest, paths[0] if paths and paths[0].is_dir() else None)
+    elif paths:
+        candidates = read_files(paths)
+    else:
+        raise AgfError("give the files or folders to tag, or --manifest")
     with _open(store, write=True) as opened:
-        return run_tag(opened, candidates, top=top, workers=workers, quiet=quiet)
+        tagger = Tagger(opened, model, device)
+        started = time.perf_counter()
+        rows = list(tagger.tag(candidates, top=top, workers=workers, chunk_size=chunk_size, total=len(candidates), quiet=quiet))
+        seconds = time.perf_counter() - started
+    failed = sum(r["error"] is not None for r in rows)
+    say(f"tagged {len(rows) - failed} files with {tagger.model_id}, {failed} failed, in {seconds:.1f} s "
+        f"({len(rows) / max(seconds, 1e-9):.1f} files/s)", quiet)
+    return rows
 
 
 # -- the demo -----------------------------------------------------------------------------------

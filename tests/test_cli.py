@@ -74,8 +74,12 @@ def test_demo_quick_runs_end_to_end(tmp_path, cli):
     assert models == ["genre CNN", "transfer MLP", "baseline: logistic regression on fma"]
     for name in ("Rock Artist 1", "Classical Artist 2"):
         assert [n["rank"] for n in report[f"similar to {name}"]] == [1, 2, 3]
-    (tagged,) = report["tagged (a Jazz track by a new artist)"]
-    assert tagged["genre"] is not None and 0 < tagged["probability"] <= 1
+    *held_out, newcomer = report["tagged (held-out tracks, then a Jazz track by a new artist)"]
+    assert len(held_out) == 3 and newcomer["file"] == "newcomer.flac"
+    assert all(t["genre"] is not None and 0 < t["probability"] <= 1 for t in [*held_out, newcomer])
     store = Store.open(tmp_path / "store")
     assert store.count("features_fma") == 128 and store.count("embeddings") == 5 * 129
+    evaluated = store.query("SELECT track_id, genre, probability FROM predictions WHERE rank = 1").to_pylist()
+    # One artist per genre held out (8 x 4 tracks), predicted once (tagging replaced, not doubled), and the newcomer.
+    assert len(evaluated) == len({e["track_id"] for e in evaluated}) == 8 * 4 + 1
     assert (tmp_path / "corpus" / "report" / "confusion.png").exists()

@@ -8,7 +8,7 @@ import torch
 
 from agf.ingest import collect, ingest
 from agf.ingest.synth import write_corpus
-from agf.models.cnn import GenreCNN, kl_divergence, soft_cross_entropy
+from agf.models.cnn import GenreCNN, inference_copy, kl_divergence, soft_cross_entropy
 from agf.models.factors import FactorParams, build_factors
 from agf.models.train import TrainParams, all_tracks, clip_outputs, fit_cnn, load_cnn, save_cnn
 from agf.store import Store
@@ -50,6 +50,21 @@ def test_the_cnn_has_the_published_shape():
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [(c.out_channels, c.kernel_size) for c in convs] == [
         (16, (5, 5)), (32, (3, 3)), (64, (3, 3)), (64, (3, 3)), (128, (3, 3)), (256, (3, 3)), (256, (1, 1))]
+
+
+def test_the_fast_inference_copy_computes_what_the_network_does():
+    torch.manual_seed(0)
+    model = GenreCNN(8)
+    for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d)):
+        norm.running_mean.uniform_(-0.5, 0.5)  # trained statistics, not the identity of a fresh layer
+        norm.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x = torch.randn(20, 1, 128, 43)
+    fast = inference_copy(model)
+    with torch.no_grad():
+        assert torch.allclose(fast(x.contiguous(memory_format=torch.channels_last)), model(x), atol=1e-5)
+        assert torch.allclose(fast.embed(x[:, :, :, :37]), model.embed(x[:, :, :, :37]), atol=1e-5)  # odd sizes too
+    assert model.training is False and isinstance(model.features[0][1], torch.nn.BatchNorm2d)  # the original is untouched
 
 
 def test_an_agf_network_learns_soft_targets_and_its_checkpoint_reloads_identically(trainable):

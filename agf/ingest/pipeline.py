@@ -11,7 +11,7 @@ import os
 import signal
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +26,14 @@ from agf.store import SCHEMAS, FrameCache, Store, fixed_vectors, now_utc
 
 @dataclass
 class IngestSummary:
-    """What one ingest did."""
+    """What one ingest did; ``track_ids`` and ``errors`` say it per candidate (by position)."""
 
     ingested: int = 0
     skipped: int = 0
     failed: int = 0
     seconds: float = 0.0
+    track_ids: dict[int, int] = field(default_factory=dict, repr=False)
+    errors: dict[int, str] = field(default_factory=dict, repr=False)
 
     @property
     def files_per_second(self) -> float:
@@ -39,7 +41,8 @@ class IngestSummary:
         return done / self.seconds if self.seconds else 0.0
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "files_per_second": round(self.files_per_second, 2)}
+        return {"ingested": self.ingested, "skipped": self.skipped, "failed": self.failed,
+                "seconds": self.seconds, "files_per_second": round(self.files_per_second, 2)}
 
 
 @dataclass
@@ -228,7 +231,7 @@ def ingest(
     next_track = [max(known.values(), default=0) + 1]
     caches = {kind: FrameCache(store.root, kind) for kind in FRAME_EXTRACTORS}
     config = ExtractConfig(store.sample_rate, float(store.config["clip_seconds"]), store.config["frames"], tuple(features))
-    seen: set[str] = set()
+    seen: dict[str, int] = {}  # audio sha256 -> track id, for duplicates within this run
     batch = _Batch()
 
     def commit() -> None:
@@ -244,17 +247,19 @@ def ingest(
         if kind == "error":
             batch.errors.append({"path": str(candidate.path), "stage": result[2], "error": result[3], "at": now_utc()})
             summary.failed += 1
+            summary.errors[index] = result[3]
             return
         sha = result[2]
         if kind == "skip" or (sha in seen) or (sha in known and not force):
             summary.skipped += 1
+            summary.track_ids[index] = seen.get(sha) or known[sha]
             return
-        seen.add(sha)
         if sha in known:
             track_id = known[sha]
             batch.replaced_ids.append(track_id)
         else:
             track_id, next_track[0] = next_track[0], next_track[0] + 1
+        seen[sha] = summary.track_ids[index] = track_id
         data = result[3]
         for kind_name, matrix in data["frames"].items():
             caches[kind_name].write(track_id, matrix)

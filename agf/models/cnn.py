@@ -7,8 +7,11 @@ each, dropout 0.1 after the pooled blocks; global average pooling -> dense 256 (
 ELU) = the embedding -> dropout 0.5 -> dense to the target's classes (softmax in the loss).
 """
 
+import copy
+
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 PATCH_FRAMES = 43  # about 1 s at 22,050 Hz, hop 512
 EMBEDDING_DIM = 256
@@ -48,6 +51,36 @@ class GenreCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Patches -> logits (batch, n_outputs)."""
         return self.head(self.embed(x))
+
+
+class _PairMaxPool(nn.Module):
+    """Max-pooling over pairs of rows, (2, 1): the same as ``nn.MaxPool2d((2, 1))``, ~3x faster on
+    channels-last CPU tensors, where PyTorch's kernel also computes indices it does not need."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.shape[2] // 2 * 2
+        return torch.maximum(x[:, :, 0:rows:2], x[:, :, 1:rows:2])
+
+
+def inference_copy(model: GenreCNN) -> GenreCNN:
+    """An evaluation-mode copy rearranged for speed, computing the same function as ``model.eval()``.
+
+    Each batch norm is folded into its convolution; ELU moves after max-pooling (ELU is
+    increasing, so max and ELU commute exactly, and ELU then runs on a quarter of the values);
+    dropout, a no-op in evaluation, is dropped; tensors are channels-last (oneDNN's layout).
+    Together about 2.5x faster on CPU; outputs agree to float rounding (~1e-7). Inputs should be
+    ``contiguous(memory_format=torch.channels_last)``.
+    """
+    fused = copy.deepcopy(model).eval()
+    for block in fused.features:
+        conv, batch_norm, pool = block[0], block[1], next((m for m in block if isinstance(m, nn.MaxPool2d)), None)
+        if pool is not None and pool.kernel_size == (2, 1):
+            pool = _PairMaxPool()
+        layers = [fuse_conv_bn_eval(conv, batch_norm)] + ([pool] if pool is not None else []) + [nn.ELU(inplace=True)]
+        block._modules.clear()
+        for i, layer in enumerate(layers):
+            block.add_module(str(i), layer)
+    return fused.to(memory_format=torch.channels_last)
 
 
 class TransferMLP(nn.Module):

@@ -1,50 +1,115 @@
-"""``agf tag``: batch genre tagging of new music with the stored CNNs and transfer classifier."""
+"""``agf tag``: batch genre tagging of new music with the stored CNNs and transfer classifier.
 
+Files stream through in chunks: each chunk is ingested (stored audio is not recomputed),
+embedded by every CNN the transfer model reads, classified, and committed before the next one
+starts, so memory stays bounded by the chunk and an interruption keeps every finished chunk.
+"""
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+
+import numpy as np
 import pyarrow as pa
 
 from agf.errors import AgfError
 from agf.ingest import Candidate, ingest
-from agf.ingest.pipeline import sha256_file
-from agf.models.train import embed, prediction_rows
+from agf.models.train import embedding_table, load_cnn, pick_device, prediction_rows, unembedded
 from agf.models.transfer import load_transfer, transfer_probabilities
+from agf.progress import progress_bar
 from agf.store import Store
 from agf.store.models import latest_model
 
+STAGES = ("ingest", "embed", "classify", "write")
 
-def tag(store: Store, candidates: list[Candidate], top: int = 3, workers: int | None = None, quiet: bool = False) -> list[dict]:
-    """Ingest ``candidates`` (skipping stored audio), embed them, predict their genres.
 
-    Every genre's probability is written to ``predictions``; returns one row per file with its
-    ``top`` genres. Files that fail to ingest are reported with their error.
+class Tagger:
+    """A transfer model and its CNNs, loaded once, tagging chunks of files.
+
+    ``seconds`` accumulates the time spent per stage (:data:`STAGES`).
     """
+
+    def __init__(self, store: Store, model_id: str | None = None, device: str = "auto"):
+        self.store = store
+        self.model_id = model_id or _latest_transfer(store)
+        try:
+            self.transfer = load_transfer(store, self.model_id)
+        except AgfError as exc:
+            raise AgfError(f"cannot load transfer model {self.model_id}: {exc}") from None
+        self.classes = self.transfer[1]["classes"]
+        self.device = pick_device(device)
+        self.cnns = {m: load_cnn(store, m, self.device)[:2] for m in self.transfer[1]["models"]}
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def tag(self, candidates: Iterable[Candidate], top: int = 3, workers: int | None = None, chunk_size: int = 256,
+            total: int | None = None, quiet: bool = False) -> Iterator[dict]:
+        """Tag ``candidates``; yields one row per file: its top genres, or why it has none."""
+        with progress_bar(total, "tag", "files", quiet) as bar:
+            chunk: list[Candidate] = []
+            for candidate in candidates:
+                chunk.append(candidate)
+                if len(chunk) == chunk_size:
+                    yield from self._chunk(chunk, top, workers)
+                    bar.advance(len(chunk))
+                    chunk = []
+            if chunk:
+                yield from self._chunk(chunk, top, workers)
+                bar.advance(len(chunk))
+
+    def _chunk(self, chunk: list[Candidate], top: int, workers: int | None) -> list[dict]:
+        started = time.perf_counter()
+        summary = ingest(self.store, chunk, workers=workers, quiet=True)
+        self._lap("ingest", started)
+        ids = list(dict.fromkeys(summary.track_ids.values()))
+        probabilities = dict(zip(ids, self._predict(ids))) if ids else {}
+        rows = []
+        for index, c in enumerate(chunk):
+            track_id = summary.track_ids.get(index)
+            if track_id is None:
+                rows.append({"path": str(c.path), "track_id": None, "genre": None, "probability": None, "top": None,
+                             "error": summary.errors.get(index, "not ingested")})
+                continue
+            p = probabilities[track_id]
+            order = p.argsort()[::-1][:top]
+            rows.append({"path": str(c.path), "track_id": track_id, "genre": self.classes[order[0]],
+                         "probability": round(float(p[order[0]]), 4),
+                         "top": ", ".join(f"{self.classes[i]} {p[i]:.2f}" for i in order), "error": None})
+        return rows
+
+    def _predict(self, ids: list[int]) -> np.ndarray:
+        """Embed ``ids`` where a CNN has not yet, classify them, store both: (n, genres) probabilities."""
+        started = time.perf_counter()
+        tables = [embedding_table(model, spectra, model_id, todo, self.device)
+                  for model_id, (model, spectra) in self.cnns.items() if (todo := unembedded(self.store, model_id, ids))]
+        self._lap("embed", started)
+        if tables:
+            started = time.perf_counter()
+            self.store.write(append={"embeddings": pa.concat_tables(tables)}, params={"models": list(self.cnns)})
+            self._lap("write", started)
+        started = time.perf_counter()
+        _, probabilities = transfer_probabilities(self.store, self.model_id, ids, self.transfer)
+        self._lap("classify", started)
+        started = time.perf_counter()
+        rows = pa.Table.from_pylist(prediction_rows(ids, self.model_id, self.classes, probabilities))
+        self.store.write(append={"predictions": rows}, keep_where=self._retagged(ids),
+                         params={"model_id": self.model_id, "tagged": len(ids)})
+        self._lap("write", started)
+        return probabilities
+
+    def _retagged(self, ids: list[int]) -> dict[str, str]:
+        """Tagging again with the same model replaces that model's rows for those tracks."""
+        condition = f"model_id = '{self.model_id}' AND track_id IN ({', '.join(map(str, ids))})"
+        if not self.store.query(f"SELECT count(*) AS n FROM predictions WHERE {condition}")["n"][0].as_py():
+            return {}  # nothing to replace: a plain append, not a rewrite of the table
+        return {"predictions": f"NOT ({condition})"}
+
+    def _lap(self, stage: str, started: float) -> None:
+        self.seconds[stage] += time.perf_counter() - started
+
+
+def _latest_transfer(store: Store) -> str:
     row = latest_model(store, "transfer", "genre")
     if row is None:
         raise AgfError("no genre classifier in the store: run `agf train --target all`, `agf embed`, "
                        "`agf train --target transfer` first")
-    _, config, _, _ = load_transfer(store, row["model_id"])
-    ingest(store, candidates, workers=workers, quiet=quiet)
-    by_sha = {r["audio_sha256"]: r["track_id"] for r in store.query("SELECT audio_sha256, track_id FROM tracks").to_pylist()}
-    errors = {r["path"]: r["error"] for r in store.query("SELECT path, error FROM ingest_errors").to_pylist()}
-    found: dict[int, Candidate] = {}
-    results = []
-    for c in candidates:
-        try:
-            track_id = by_sha.get(sha256_file(c.path))
-        except OSError as exc:
-            track_id, errors[str(c.path)] = None, f"cannot read file: {exc.strerror}"
-        if track_id is None:
-            results.append({"path": str(c.path), "track_id": None, "genre": None, "probability": None,
-                            "top": None, "error": errors.get(str(c.path), "not ingested")})
-        else:
-            found[track_id] = c
-    if found:
-        embed(store, ",".join(config["models"]), quiet=True)
-        classes, probabilities = transfer_probabilities(store, row["model_id"], list(found))
-        store.write(append={"predictions": pa.Table.from_pylist(prediction_rows(list(found), row["model_id"], classes, probabilities))},
-                    params={"model_id": row["model_id"], "tagged": len(found)})
-        for (track_id, c), p in zip(found.items(), probabilities):
-            order = p.argsort()[::-1][:top]
-            results.append({"path": str(c.path), "track_id": track_id, "genre": classes[order[0]],
-                            "probability": round(float(p[order[0]]), 4),
-                            "top": ", ".join(f"{classes[i]} {p[i]:.2f}" for i in order), "error": None})
-    return results
+    return row["model_id"]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from agf.errors import AgfError
-from agf.models.cnn import EMBEDDING_DIM, GenreCNN, soft_cross_entropy
+from agf.models.cnn import EMBEDDING_DIM, GenreCNN, inference_copy, soft_cross_entropy
 from agf.models.data import Spectrograms, assign_splits
 from agf.models.factors import SOURCES as AGF_SOURCES
 from agf.models.factors import current_factors
@@ -174,7 +174,7 @@ def _validation_loss(model, spectra, labelled, y, val, device) -> float:
 def clip_outputs(model: GenreCNN, spectra: Spectrograms, track_ids: list[int], device: torch.device,
                  batch_patches: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """Clip-level embeddings (n, 256) and probabilities (n, classes): means over every patch."""
-    model.eval()
+    model = inference_copy(model)
     embeddings = np.zeros((len(track_ids), EMBEDDING_DIM), np.float32)
     probabilities = np.zeros((len(track_ids), model.n_outputs), np.float32)
     pending, owners = [], []
@@ -182,7 +182,7 @@ def clip_outputs(model: GenreCNN, spectra: Spectrograms, track_ids: list[int], d
     def flush():
         if not pending:
             return
-        x = torch.from_numpy(np.concatenate(pending)[:, None]).to(device)
+        x = torch.from_numpy(np.concatenate(pending)[:, None]).to(device).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             emb = model.embed(x)
             prob = torch.softmax(model.head(emb).float(), dim=1)
@@ -243,22 +243,31 @@ def embed(store: Store, spec: str = "all", device: str = "auto", quiet: bool = F
     for model_id in cnn_models(store, spec):
         started = time.perf_counter()
         model, spectra, _ = load_cnn(store, model_id, chosen)
-        done = set(store.query("SELECT track_id FROM embeddings WHERE model_id = ?", [model_id])["track_id"].to_pylist())
-        todo = [t for t in store.query("SELECT track_id FROM tracks ORDER BY 1")["track_id"].to_pylist() if t not in done]
+        todo = unembedded(store, model_id)
         for start in range(0, len(todo), 2048):  # a part per 2048 tracks: an interruption keeps what is done
             chunk = todo[start : start + 2048]
-            vectors, _ = clip_outputs(model, spectra, chunk, chosen)
-            store.write(append={"embeddings": _embedding_table(chunk, model_id, vectors)}, params={"model_id": model_id})
+            store.write(append={"embeddings": embedding_table(model, spectra, model_id, chunk, chosen)},
+                        params={"model_id": model_id})
         seconds = time.perf_counter() - started
         say(f"embedded {len(todo)} tracks with {model_id} on {chosen} in {seconds:.1f} s", quiet)
-        results.append({"model_id": model_id, "embedded": len(todo), "already": len(done), "seconds": round(seconds, 2),
+        results.append({"model_id": model_id, "embedded": len(todo), "seconds": round(seconds, 2),
                         "tracks_per_s": round(len(todo) / seconds, 1) if todo else None})
     return results
 
 
-def _embedding_table(track_ids: list[int], model_id: str, vectors: np.ndarray):
+def unembedded(store: Store, model_id: str, track_ids: list[int] | None = None) -> list[int]:
+    """The stored tracks (all, or those of ``track_ids``) that ``model_id`` has not embedded yet."""
+    among = "" if track_ids is None else "AND track_id IN (SELECT unnest(?::BIGINT[]))"
+    return store.query(f"SELECT track_id FROM tracks WHERE track_id NOT IN (SELECT track_id FROM embeddings "
+                       f"WHERE model_id = ?) {among} ORDER BY 1",
+                       [model_id] + ([track_ids] if track_ids is not None else []))["track_id"].to_pylist()
+
+
+def embedding_table(model: GenreCNN, spectra: Spectrograms, model_id: str, track_ids: list[int], device: torch.device):
+    """Rows of the embeddings table for ``track_ids``: their clip embeddings by ``model``."""
     import pyarrow as pa
 
+    vectors, _ = clip_outputs(model, spectra, track_ids, device)
     return pa.table({"track_id": pa.array(track_ids, pa.int64()), "model_id": [model_id] * len(track_ids),
                      "vector": fixed_vectors(vectors)})
 

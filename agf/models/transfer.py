@@ -37,7 +37,8 @@ def embedding_matrix(store: Store, model_ids: list[str], track_ids: list[int]) -
     """The concatenated embeddings (n_tracks, 256 * n_models) of ``track_ids``."""
     blocks = []
     for model_id in model_ids:
-        table = store.query("SELECT track_id, vector FROM embeddings WHERE model_id = ?", [model_id])
+        table = store.query("SELECT track_id, vector FROM embeddings WHERE model_id = ? "
+                            "AND track_id IN (SELECT unnest(?::BIGINT[]))", [model_id, list(track_ids)])
         ids = table["track_id"].to_numpy()
         vectors = np.asarray(table["vector"].combine_chunks().flatten(), np.float32).reshape(len(ids), -1)
         row = {t: i for i, t in enumerate(ids.tolist())}
@@ -120,8 +121,11 @@ def load_transfer(store: Store, model_id: str) -> tuple[TransferMLP, dict, np.nd
 
 
 @torch.no_grad()
-def transfer_probabilities(store: Store, model_id: str, track_ids: list[int]) -> tuple[list[str], np.ndarray]:
-    """Genre classes and probabilities (n_tracks, n_genres) from a stored transfer model."""
-    model, config, mean, std = load_transfer(store, model_id)
+def transfer_probabilities(store: Store, model_id: str, track_ids: list[int], loaded: tuple | None = None) -> tuple[list[str], np.ndarray]:
+    """Genre classes and probabilities (n_tracks, n_genres) from a stored transfer model.
+
+    ``loaded`` is what :func:`load_transfer` returned for ``model_id``, to skip loading it again.
+    """
+    model, config, mean, std = loaded or load_transfer(store, model_id)
     x = (embedding_matrix(store, config["models"], track_ids) - mean) / std
     return config["classes"], torch.softmax(model(torch.from_numpy(x.astype(np.float32))), dim=1).numpy()

@@ -1,0 +1,90 @@
+"""End-to-end tagging speed: decode + features + every CNN + the transfer MLP, per track.
+
+Models are trained briefly on a small demo corpus (their quality is beside the point here;
+their shapes are the defaults: a genre CNN and one CNN per default AGF source, 256-d each,
+and the transfer MLP over their concatenation). Then the game-music clips (real 30 s MP3s)
+are tagged into copies of that store:
+
+- ``batched``: ``agf tag``'s path: chunks of files ingested by every core, each CNN run over
+  all the chunk's patches in large batches, one commit per chunk;
+- ``one at a time``: the same work file by file (one worker, one forward per file's patches,
+  two commits per file), the straightforward loop.
+
+Prints tracks/s, the share of time per stage and peak memory; on a GPU the same again there.
+
+Usage: python bench/tag.py [--files 128] [--baseline-files 32]
+"""
+
+import argparse
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from agf.ingest import collect, ingest
+from agf.ingest.metadata import read_files
+from agf.ingest.synth import write_corpus
+from agf.models.factors import FactorParams, build_factors, default_sources
+from agf.models.tag import STAGES, Tagger
+from agf.models.train import TrainParams, embed, train_cnn
+from agf.models.transfer import TransferParams, train_transfer
+from agf.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+GAME_MUSIC = ROOT.parent / "shared" / "data" / "game-music"
+
+
+def trained_store(root: Path) -> Path:
+    manifest = write_corpus(root / "corpus", genres=4, artists=4, tracks=3, seconds=8.0)
+    with Store.open(root / "store", create=True) as store:
+        candidates, tree = collect(manifest.parent, manifest=manifest)
+        ingest(store, candidates, tree, quiet=True)
+        factors = build_factors(store, default_sources(store), FactorParams(clusters=32, topics=8), quiet=True)
+        for target in ["genre"] + [f"agf:{f['source']}" for f in factors]:
+            train_cnn(store, target, TrainParams(epochs=1, crops_per_track=2), quiet=True)
+        embed(store, quiet=True)
+        train_transfer(store, TransferParams(epochs=10), quiet=True)
+    return root / "store"
+
+
+def run(store_dir: Path, files: list[Path], chunk_size: int, workers: int, device: str) -> dict:
+    candidates = read_files(files)
+    with Store.open(store_dir, write=True) as store:
+        tagger = Tagger(store, device=device)
+        started = time.perf_counter()
+        rows = list(tagger.tag(candidates, chunk_size=chunk_size, workers=workers, quiet=True))
+        seconds = time.perf_counter() - started
+    assert all(r["error"] is None for r in rows), [r["error"] for r in rows if r["error"]]
+    return {"tracks_per_s": len(rows) / seconds, "seconds": seconds, "cnns": len(tagger.cnns),
+            "shares": {s: tagger.seconds[s] / seconds for s in STAGES}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=128)
+    parser.add_argument("--baseline-files", type=int, default=32)
+    args = parser.parse_args()
+    files = sorted(GAME_MUSIC.rglob("*.mp3"))[: args.files]
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        trained = trained_store(Path(tmp))
+        plans = [("batched", files, 256, 0)] + [("one at a time", files[: args.baseline_files], 1, 1)]
+        for device in devices:
+            for label, chosen, chunk, workers in plans:
+                copy = Path(tmp) / f"{device}-{chunk}"
+                shutil.copytree(trained, copy)
+                result = run(copy, chosen, chunk, workers or None, device)
+                shares = ", ".join(f"{s} {100 * v:.0f}%" for s, v in result["shares"].items())
+                print(f"{device:4s} {label:14s}: {result['tracks_per_s']:6.2f} tracks/s over {len(chosen)} clips "
+                      f"({result['cnns']} CNNs; {shares})", flush=True)
+    peak = max(resource.getrusage(r).ru_maxrss for r in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
+    print(f"peak memory: {peak:.0f} MB")
+    if len(devices) == 1:
+        print("no CUDA device: GPU figures not measured")
+
+
+if __name__ == "__main__":
+    main()

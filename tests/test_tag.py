@@ -1,0 +1,117 @@
+"""``agf tag``: new music in, genre predictions out, equal to what evaluation scored."""
+
+import json
+import shutil
+
+import pytest
+
+from agf.ingest import collect, ingest
+from agf.ingest.synth import write_corpus
+from agf.models.data import assign_splits
+from agf.models.factors import FactorParams, build_factors
+from agf.models.train import TrainParams, all_tracks, embed, train_cnn
+from agf.models.transfer import TransferParams, train_transfer
+from agf.store import Store
+
+PREDICTION_COLUMNS = "track_id, model_id, genre, probability, rank"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A store with a genre CNN, an AGF CNN and a transfer model, and the corpus they came from."""
+    root = tmp_path_factory.mktemp("tag")
+    manifest = write_corpus(root / "corpus", genres=3, artists=5, tracks=3, seconds=6.0, seed=2)
+    with Store.open(root / "store", create=True) as store:
+        candidates, _ = collect(manifest.parent, manifest=manifest)
+        ingest(store, candidates, workers=2, quiet=True)
+        build_factors(store, ["mfcc"], FactorParams(clusters=16, topics=4), quiet=True)
+        for target in ("genre", "agf:mfcc"):
+            train_cnn(store, target, TrainParams(epochs=1, crops_per_track=2), quiet=True)
+        embed(store, quiet=True)
+        model_id = train_transfer(store, TransferParams(epochs=20), quiet=True)["model_id"]
+    return {"store": root / "store", "corpus": manifest.parent, "model_id": model_id}
+
+
+@pytest.fixture
+def store_copy(trained, tmp_path):
+    shutil.copytree(trained["store"], tmp_path / "store")
+    return tmp_path / "store"
+
+
+def _predictions(store_dir, where="TRUE"):
+    with Store.open(store_dir) as store:
+        return store.query(f"SELECT {PREDICTION_COLUMNS} FROM predictions WHERE {where} ORDER BY track_id, rank").to_pylist()
+
+
+def test_tagging_held_out_tracks_gives_the_predictions_evaluation_scored(trained, store_copy, cli):
+    with Store.open(store_copy) as store:
+        splits = assign_splits(all_tracks(store), "auto", seed=0)
+        held_out = [r["path"] for r in store.query("SELECT track_id, path FROM tracks ORDER BY 1").to_pylist()
+                    if splits[r["track_id"]] == "test"]
+    evaluated = _predictions(store_copy)  # what `agf train --target transfer` wrote for the test split
+    assert len(held_out) == 9 and len(evaluated) == 9 * 3  # 3 artists never trained on, 3 genres each
+    out = cli("tag", *held_out, "--store", store_copy, "--json", "--quiet")
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.stdout)
+    assert [r["path"] for r in rows] == held_out and all(r["error"] is None for r in rows)
+    assert _predictions(store_copy) == evaluated  # same tracks, same model: the same probabilities
+    top = {p["track_id"]: p for p in evaluated if p["rank"] == 1}
+    assert [(r["genre"], r["probability"]) for r in rows] == [
+        (top[r["track_id"]]["genre"], round(top[r["track_id"]]["probability"], 4)) for r in rows]
+
+
+def test_new_music_is_tagged_and_a_bad_file_is_reported(trained, store_copy, cli, tmp_path):
+    new = write_corpus(tmp_path / "new", genres=2, artists=1, tracks=2, seconds=5.0, seed=9).parent / "audio"
+    (new / "broken.mp3").write_bytes(b"ID3 not really an mp3")
+    out = cli("tag", new, "--top", "2", "--chunk-size", "2", "--store", store_copy, "--json", "--quiet")
+    assert out.exit_code == 0, out.output
+    rows = {r["path"].split("audio/")[-1]: r for r in json.loads(out.stdout)}
+    assert sorted(rows) == ["broken.mp3", "electronic-1/track1.flac", "electronic-1/track2.flac",
+                            "rock-1/track1.flac", "rock-1/track2.flac"]
+    assert rows["broken.mp3"]["track_id"] is None and rows["broken.mp3"]["error"]
+    tagged = [r for r in rows.values() if r["error"] is None]
+    assert all(len(r["top"].split(", ")) == 2 and 0 < r["probability"] <= 1 for r in tagged)
+    counted = cli("sql", "select genre, count(*) as n from predictions where rank = 1 group by 1 order by 1",
+                  "--store", store_copy, "--json")
+    assert sum(r["n"] for r in json.loads(counted.stdout)) == 9 + 4  # the test split, then the new four
+    with Store.open(store_copy) as store:
+        assert store.count("ingest_errors") == 1
+        assert store.query("SELECT count(*) AS n FROM embeddings").to_pylist()[0]["n"] == 2 * (45 + 4)
+        assert store.query("SELECT count(*) AS n FROM predictions WHERE predicted_at IS NULL").to_pylist()[0]["n"] == 0
+    again = cli("tag", new, "--store", store_copy, "--json", "--quiet")
+    assert json.loads(again.stdout) == json.loads(cli("tag", new, "--store", store_copy, "--json", "--quiet").stdout)
+    assert len(_predictions(store_copy)) == (9 + 4) * 3  # tagging again replaces, never duplicates
+
+
+def test_a_newer_model_adds_its_rows_and_old_predictions_stay(trained, store_copy, cli):
+    with Store.open(store_copy, write=True) as store:
+        newer = train_transfer(store, TransferParams(epochs=5, seed=3), quiet=True)["model_id"]
+    assert newer != trained["model_id"]
+    track = (trained["corpus"] / "audio" / "rock-1" / "track1.flac")
+    for model in (trained["model_id"], newer):
+        assert cli("tag", track, "--model", model, "--store", store_copy, "--quiet").exit_code == 0
+    with Store.open(store_copy) as store:
+        (track_id,) = store.query("SELECT track_id FROM tracks WHERE path = ?", [str(track)])["track_id"].to_pylist()
+    models = {p["model_id"] for p in _predictions(store_copy, f"track_id = {track_id}")}
+    assert models == {trained["model_id"], newer}
+
+
+def test_tag_says_what_to_run_first_and_refuses_unknown_models(trained, small_store, store_copy, cli, tmp_path):
+    bare = tmp_path / "bare"
+    shutil.copytree(small_store, bare)
+    out = cli("tag", trained["corpus"], "--store", bare)
+    assert out.exit_code == 1 and out.output.strip() == (
+        "Error: no genre classifier in the store: run `agf train --target all`, `agf embed`, "
+        "`agf train --target transfer` first")
+    out = cli("tag", trained["corpus"], "--model", "transfer-genre-000000000000", "--store", store_copy)
+    assert out.exit_code == 1 and out.output.startswith("Error: cannot load transfer model transfer-genre-000000000000")
+    assert len(out.output.strip().splitlines()) == 1
+
+
+def test_game_music_clips_are_tagged_with_a_model_trained_elsewhere(trained, store_copy, game_music, cli):
+    files = sorted(game_music.rglob("*.mp3"))[::16]
+    out = cli("tag", *files, "--store", store_copy, "--json", "--quiet")
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.stdout)
+    assert len(rows) == len(files) == 8 and all(r["error"] is None and r["genre"] for r in rows)
+    assert len(_predictions(store_copy, f"track_id IN ({', '.join(str(r['track_id']) for r in rows)})")) == 8 * 3
