@@ -48,6 +48,10 @@ def command(fn):
             result = fn(*args, **kwargs)
         except AgfError as exc:
             fail(str(exc))
+        except OSError as exc:  # a full disk, an unwritable store: the store keeps its last commit
+            where = f" ({exc.filename})" if exc.filename else ""
+            fail(f"cannot write or read the store: {exc.strerror or exc}{where} (is the disk full, or the store "
+                 f"read-only?); nothing half-written was kept")
         except KeyboardInterrupt:
             fail("interrupted: the store keeps every completed part; run the command again to resume", 130)
         render(result, "json" if as_json else "csv" if as_csv else "table")
@@ -166,6 +170,20 @@ def ingest(
     say(f"ingested {summary.ingested}, skipped {summary.skipped}, failed {summary.failed} "
         f"in {summary.seconds:.1f} s ({summary.files_per_second:.1f} files/s)", quiet)
     return summary.as_dict()
+
+
+@app.command()
+@command
+def migrate(store: StoreDir = DEFAULT_STORE):
+    """Upgrade a store written by an older agf to this version's format, in place.
+
+    Example: agf migrate --store ./agf-store
+    """
+    from agf.store import Store
+
+    with Store.open(store, write=True) as opened:
+        return {"path": str(opened.root), "format_version_before": opened.found_version,
+                "format_version": opened.config["format_version"]}
 
 
 # -- factors ------------------------------------------------------------------------------------

@@ -19,6 +19,9 @@ class AudioError(Exception):
         self.stage = stage
 
 
+MIN_SECONDS = 0.5  # shorter clips have too few frames for any feature to mean anything
+
+
 def load_clip(path: Path, sample_rate: int, max_seconds: float) -> tuple[np.ndarray, int, float]:
     """Decode the middle ``max_seconds`` of ``path``, mixed to mono and resampled once.
 
@@ -50,6 +53,8 @@ def load_clip(path: Path, sample_rate: int, max_seconds: float) -> tuple[np.ndar
         raise AudioError("decode", f"cannot decode audio: {_clean(exc)}") from None
     if data.size == 0:
         raise AudioError("decode", "file holds no audio samples")
+    if len(data) < MIN_SECONDS * native_rate:
+        raise AudioError("decode", f"audio is too short: {len(data) / native_rate:.3g} s, at least {MIN_SECONDS} s needed")
     y = data.mean(axis=1)
     if not np.all(np.isfinite(y)):
         raise AudioError("decode", "audio holds non-finite samples")

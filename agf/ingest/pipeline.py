@@ -88,11 +88,14 @@ def extract(path: Path, config: ExtractConfig) -> dict:
     start = max(0.0, (duration - config.clip_seconds) / 2)
     spectra = Spectra(y, config.sample_rate, path=path, clip=(start, start + len(y) / config.sample_rate))
     try:
-        # float16 here, as stored: half the bytes to send back to the parent
-        frames = {kind: fn(spectra, **config.frames[kind]).astype(np.float16) for kind, fn in FRAME_EXTRACTORS.items()}
-        vectors = {name: VECTOR_EXTRACTORS[name](spectra, config.frames["logmel"]) for name in config.features}
+        with np.errstate(over="ignore", invalid="ignore"):  # out-of-range audio is caught just below
+            # float16 here, as stored: half the bytes to send back to the parent
+            frames = {kind: fn(spectra, **config.frames[kind]).astype(np.float16) for kind, fn in FRAME_EXTRACTORS.items()}
+            vectors = {name: VECTOR_EXTRACTORS[name](spectra, config.frames["logmel"]) for name in config.features}
     except Exception as exc:  # noqa: BLE001 - any failure of one file is that file's error row
         raise AudioError("features", f"{type(exc).__name__}: {exc}") from None
+    if not all(np.isfinite(a).all() for a in (*frames.values(), *vectors.values())):
+        raise AudioError("features", "features are not finite: the samples lie far outside [-1, 1]")
     return {"native_rate": native_rate, "duration_s": duration, "frames": frames, "vectors": vectors}
 
 

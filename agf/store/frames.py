@@ -27,9 +27,13 @@ class FrameCache:
         path = self.path(track_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.asarray(frames, dtype=np.float16))
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as fh:
+                np.save(fh, np.asarray(frames, dtype=np.float16))
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def read(self, track_id: int) -> np.ndarray:
         """The frames of ``track_id``, memory-mapped read-only: (n_frames, n_bins) float16."""

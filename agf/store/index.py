@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 
 from agf.errors import AgfError
+from agf.store.parts import commit_lock
 from agf.store.store import Store, now_utc
 
 EXACT_LIMIT = 100_000
@@ -142,8 +143,9 @@ def save_index(store: Store, vi: VectorIndex) -> Path:
     meta = {**vi.meta, "sha256": hashlib.sha256(data).hexdigest()}
     sidecar = path.with_suffix(".json")
     sidecar.with_suffix(".json.tmp").write_text(json.dumps(meta, indent=2))
-    tmp.replace(path)
-    sidecar.with_suffix(".json.tmp").replace(sidecar)
+    with commit_lock(store.root, exclusive=True):  # a reader sees the old pair or the new pair
+        tmp.replace(path)
+        sidecar.with_suffix(".json.tmp").replace(sidecar)
     vi.meta = meta
     return path
 
@@ -156,10 +158,16 @@ def load_index(store: Store, space: str, level: str) -> VectorIndex:
     path = index_path(store, space, level)
     if not path.exists():
         raise AgfError(f"no {level} index for space {space!r}: run `agf index build`")
-    key = (str(path), path.stat().st_mtime)
+    with store.snapshot():
+        key = (str(path), path.stat().st_mtime_ns)
+        if key not in _LOADED:
+            meta = json.loads(path.with_suffix(".json").read_text())
+            data = path.read_bytes()
     if key not in _LOADED:
-        meta = json.loads(path.with_suffix(".json").read_text())
-        index = faiss.read_index(str(path))
+        if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+            raise AgfError(f"index file {path} does not match the sha256 in its sidecar; it was changed or "
+                           f"damaged: run `agf index build`")
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         inner = faiss.downcast_index(index.index)
         if isinstance(inner, faiss.IndexIVF):
             inner.nprobe = meta.get("nprobe", inner.nprobe)

@@ -6,8 +6,14 @@ and deletions, then applies it, then removes the journal. A crash before the jou
 only temporary files, which :func:`recover` deletes; a crash after it is finished by
 :func:`recover` replaying the journal. Readers therefore always see a table as it was before or
 after a transaction, never half-way.
+
+Applying a journal (renames, then deletions) takes the store's commit lock exclusively and every
+reader holds it shared while it lists and reads parts, so a reader never sees a replaced table's
+old and new parts together, nor one table of a transaction changed and another not yet.
 """
 
+import contextlib
+import fcntl
 import json
 import os
 import uuid
@@ -18,6 +24,27 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 JOURNAL_DIR = "journal"
+COMMIT_LOCK = "commit.lock"
+
+
+@contextlib.contextmanager
+def commit_lock(root: Path, exclusive: bool):
+    """Hold the store's commit lock: exclusive to apply a commit, shared to read a snapshot.
+
+    A reader that cannot open the lock file (a read-only copy of a store) reads unlocked.
+    """
+    try:
+        fd = os.open(Path(root) / COMMIT_LOCK, os.O_RDWR | os.O_CREAT if exclusive else os.O_RDONLY)
+    except OSError:
+        if exclusive:
+            raise
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _fsync_dir(path: Path) -> None:
@@ -49,9 +76,13 @@ class Transaction:
             kv = dict(table.schema.metadata or {})
             kv[b"agf"] = json.dumps(metadata, sort_keys=True).encode()
             table = table.replace_schema_metadata(kv)
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        try:
+            pq.write_table(table, tmp, compression="zstd")
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # e.g. a full disk: leave nothing half-written behind
+            raise
         final = table_dir / f"{name}.parquet"
         self.renames.append((str(tmp.relative_to(self.root)), str(final.relative_to(self.root))))
         return final
@@ -74,7 +105,8 @@ class Transaction:
         os.replace(tmp, journal)
         _fsync_dir(journal_dir)
         self.committed = True
-        _apply(self.root, journal)
+        with commit_lock(self.root, exclusive=True):
+            _apply(self.root, journal)
 
     def abort(self) -> None:
         """Forget an uncommitted transaction: delete its temporary parts.
@@ -90,13 +122,30 @@ class Transaction:
 
 
 def _apply(root: Path, journal: Path) -> None:
-    ops = json.loads(journal.read_text())
+    try:
+        ops = json.loads(journal.read_text())
+    except FileNotFoundError:
+        return  # a reader finished this commit first (see finish_commits)
     for tmp, final in ops["renames"]:
         if (root / tmp).exists():
             os.replace(root / tmp, root / final)
     for part in ops["deletions"]:
         (root / part).unlink(missing_ok=True)
     journal.unlink()
+
+
+def finish_commits(root: Path) -> None:
+    """Replay the journals of committed transactions that a killed writer left half-applied.
+
+    Safe without the writer lock (any process may call it, a reader too): journals are replayed
+    under the exclusive commit lock, and replaying one twice changes nothing.
+    """
+    journal_dir = root / JOURNAL_DIR
+    if not journal_dir.exists() or not any(journal_dir.glob("*.json")):
+        return
+    with commit_lock(root, exclusive=True):
+        for journal in sorted(journal_dir.glob("*.json")):
+            _apply(root, journal)
 
 
 def recover(root: Path, tables_dir: Path) -> None:
@@ -108,8 +157,7 @@ def recover(root: Path, tables_dir: Path) -> None:
     if journal_dir.exists():
         for stale in journal_dir.glob("*.json.tmp"):
             stale.unlink()
-        for journal in sorted(journal_dir.glob("*.json")):
-            _apply(root, journal)
+    finish_commits(root)
     if tables_dir.exists():
         for tmp in tables_dir.glob("*/.*.parquet.tmp"):
             tmp.unlink()

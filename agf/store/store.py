@@ -4,6 +4,7 @@
 :class:`~agf.store.parts.Transaction`, so a crash or Ctrl-C never leaves a half-written table.
 """
 
+import contextlib
 import datetime as dt
 import fcntl
 import json
@@ -19,10 +20,19 @@ import pyarrow.parquet as pq
 
 from agf import __version__
 from agf.errors import AgfError
-from agf.store.parts import Transaction, recover
+from agf.store.parts import COMMIT_LOCK, Transaction, commit_lock, finish_commits, recover
 from agf.store.schemas import SCHEMAS, VECTOR_COLUMNS, conform
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+
+def _add_commit_lock(root: Path) -> None:
+    """Version 2 readers hold ``commit.lock`` shared while reading; version 1 had none."""
+    (root / COMMIT_LOCK).touch()
+
+
+# from-version -> the function that upgrades a store of that version to the next, in place
+MIGRATIONS = {1: _add_commit_lock}
 DEFAULT_CONFIG = {
     "sample_rate": 22050,
     "clip_seconds": 30.0,
@@ -98,11 +108,26 @@ class Store:
                 f"store {root} has format version {version}, newer than this agf understands "
                 f"({FORMAT_VERSION}); upgrade agf to open it"
             )
+        if version < FORMAT_VERSION and not write:
+            raise AgfError(f"store {root} has format version {version}, older than this agf's ({FORMAT_VERSION}): "
+                           f"run `agf migrate --store {root}` to upgrade it in place")
         lock_fd = cls._lock(root) if write else None
         store = cls(root, meta, writable=write, lock_fd=lock_fd)
+        store.found_version = version  # before any migration
         if write:
             recover(root, store.tables_dir)
+            store._migrate()
         return store
+
+    def _migrate(self) -> None:
+        """Upgrade an older store in place, one version at a time (each step saved)."""
+        while (version := self.config["format_version"]) < FORMAT_VERSION:
+            if version not in MIGRATIONS:
+                self.close()
+                raise AgfError(f"store {self.root} has format version {version}, which this agf cannot upgrade")
+            MIGRATIONS[version](self.root)
+            self.config["format_version"] = version + 1
+            self._save_meta()
 
     @classmethod
     def _create(cls, root: Path, config: dict) -> None:
@@ -120,6 +145,7 @@ class Store:
         }
         for sub in ("tables", "frames", "indexes", "models"):
             (root / sub).mkdir(exist_ok=True)
+        _add_commit_lock(root)
         lock_fd = cls._lock(root)
         try:
             store = cls(root, meta, writable=True, lock_fd=lock_fd)
@@ -273,20 +299,40 @@ class Store:
 
     def query(self, sql: str, params: list | None = None) -> pa.Table:
         """Run ``sql`` over the store's views and return the result as an Arrow table."""
-        con = self.connect()
+        with self.snapshot():
+            con = self.connect()
+            try:
+                return con.sql(sql, params=params or None).to_arrow_table()
+            except duckdb.Error as exc:
+                raise AgfError(_one_line(exc)) from None
+            finally:
+                con.close()
+
+    @contextlib.contextmanager
+    def snapshot(self):
+        """Read the store as of one commit: no commit is applied while the block runs.
+
+        A commit that a killed writer left half-applied is finished first, when this process
+        may write the store's files (else the reader waits for the next writer to finish it).
+        """
         try:
-            return con.sql(sql, params=params or None).to_arrow_table()
-        except duckdb.Error as exc:
-            raise AgfError(_one_line(exc)) from None
-        finally:
-            con.close()
+            finish_commits(self.root)
+        except OSError:
+            pass
+        with commit_lock(self.root, exclusive=False):
+            yield
 
     def count(self, name: str) -> int:
         """Rows in table ``name``, from the parts' footers."""
-        return sum(pq.read_metadata(p).num_rows for p in self.parts(name))
+        with self.snapshot():
+            return sum(pq.read_metadata(p).num_rows for p in self.parts(name))
 
     def sql(self, sql: str) -> pa.Table:
         """Run a user's read-only statement: anything that would modify data is refused."""
+        with self.snapshot():
+            return self._read_only_sql(sql)
+
+    def _read_only_sql(self, sql: str) -> pa.Table:
         con = self.connect()
         try:
             statements = con.extract_statements(sql)
