@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from agf.ingest import collect, ingest
@@ -54,7 +55,9 @@ def test_tagging_held_out_tracks_gives_the_predictions_evaluation_scored(trained
     assert out.exit_code == 0, out.output
     rows = json.loads(out.stdout)
     assert [r["path"] for r in rows] == held_out and all(r["error"] is None for r in rows)
-    assert _predictions(store_copy) == evaluated  # same tracks, same model: the same probabilities
+    tagged = _predictions(store_copy)  # same tracks, same model: the same ranking and probabilities
+    assert [(p["track_id"], p["genre"], p["rank"]) for p in tagged] == [(p["track_id"], p["genre"], p["rank"]) for p in evaluated]
+    assert np.allclose([p["probability"] for p in tagged], [p["probability"] for p in evaluated], rtol=0, atol=1e-6)
     top = {p["track_id"]: p for p in evaluated if p["rank"] == 1}
     assert [(r["genre"], r["probability"]) for r in rows] == [
         (top[r["track_id"]]["genre"], round(top[r["track_id"]]["probability"], 4)) for r in rows]
