@@ -31,6 +31,14 @@ StoreDir = Annotated[
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 DEFAULT_STORE = Path("agf-store")
+EngineName = Annotated[str, typer.Option("--engine", help="local (this machine's cores) or ray (a Ray cluster; the ray extra).")]
+Address = Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster address (or RAY_ADDRESS); default: a local one.")]
+
+
+def _engine(name: str, address: str | None):
+    from agf.engine import Engine
+
+    return Engine(name, address)
 
 
 def fail(message: str, code: int = 1):
@@ -148,6 +156,8 @@ def ingest(
     part_size: Annotated[int, typer.Option(help="Files per committed part: an interruption loses at most one part.")] = 64,
     sample_rate: Annotated[int, typer.Option(help="Sample rate of a new store, Hz.")] = 22050,
     clip_seconds: Annotated[float, typer.Option(help="Longest clip kept per file (from its middle), s; for a new store.")] = 30.0,
+    engine: EngineName = "local",
+    address: Address = None,
     store: StoreDir = DEFAULT_STORE,
     quiet: Quiet = False,
 ):
@@ -161,12 +171,12 @@ def ingest(
     from agf.ingest.features import parse_features
     from agf.progress import say
 
-    chosen = parse_features(features)
+    chosen, where = parse_features(features), _engine(engine, address)
     candidates, genre_tree = collect(audio_dir, manifest=manifest, fma_metadata=fma_metadata,
                                      mapping=_mapping(map_ or []), subset=subset)
     with _open(store, write=True, create=True, sample_rate=sample_rate, clip_seconds=clip_seconds) as opened:
         summary = run_ingest(opened, candidates, genre_tree, features=chosen, workers=workers, force=force,
-                                  part_size=part_size, quiet=quiet)
+                                  part_size=part_size, engine=where, quiet=quiet)
     say(f"ingested {summary.ingested}, skipped {summary.skipped}, failed {summary.failed} "
         f"in {summary.seconds:.1f} s ({summary.files_per_second:.1f} files/s)", quiet)
     return summary.as_dict()
@@ -300,6 +310,8 @@ def train(
 def embed(
     model: Annotated[str, typer.Option(help="'all' (newest CNN per target) or model ids, comma-separated.")] = "all",
     device: Device = "auto",
+    engine: EngineName = "local",
+    address: Address = None,
     store: StoreDir = DEFAULT_STORE,
     quiet: Quiet = False,
 ):
@@ -309,8 +321,9 @@ def embed(
     """
     from agf.models.train import embed as run_embed
 
+    where = _engine(engine, address)
     with _open(store, write=True) as opened:
-        return run_embed(opened, model, device=device, quiet=quiet)
+        return run_embed(opened, model, device=device, engine=where, quiet=quiet)
 
 
 @app.command()
@@ -430,7 +443,9 @@ def tag(
     top: Annotated[int, typer.Option(help="Genres shown per file.")] = 3,
     workers: Annotated[int | None, typer.Option(help="Ingest worker processes (default: every core).")] = None,
     chunk_size: Annotated[int, typer.Option(help="Files ingested, embedded, classified and committed together.")] = 256,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Device = "auto",
+    engine: EngineName = "local",
+    address: Address = None,
     store: StoreDir = DEFAULT_STORE,
     quiet: Quiet = False,
 ):
@@ -444,7 +459,7 @@ def tag(
     from agf.models.tag import Tagger
     from agf.progress import say
 
-    paths = paths or []
+    paths, where = paths or [], _engine(engine, address)
     if manifest:
         candidates = read_manifest(manifest, paths[0] if paths and paths[0].is_dir() else None)
     elif paths:
@@ -452,7 +467,7 @@ def tag(
     else:
         raise AgfError("give the files or folders to tag, or --manifest")
     with _open(store, write=True) as opened:
-        tagger = Tagger(opened, model, device)
+        tagger = Tagger(opened, model, device, where)
         started = time.perf_counter()
         rows = list(tagger.tag(candidates, top=top, workers=workers, chunk_size=chunk_size, total=len(candidates), quiet=quiet))
         seconds = time.perf_counter() - started

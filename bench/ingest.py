@@ -6,9 +6,11 @@ Runs each configuration in a fresh process (so peak memory is its own) over the 
 - ``default-1w``: the same with one worker (workers' scaling is default / default-1w);
 - ``fma``: ``agf ingest --features fma``, all workers;
 - ``plain-fma``: the straightforward single-process loop: decode each file, then compute
-  FMA's 518 features the way a plain port of its features.py does (one transform per feature).
+  FMA's 518 features the way a plain port of its features.py does (one transform per feature);
+- with ``--engine ray``: ``default`` next to ``default-ray``, the same ingest with decoding and
+  features as Ray Data tasks on a local Ray cluster of every core.
 
-Usage: python bench/ingest.py [--data ../shared/data/game-music] [--limit N]
+Usage: python bench/ingest.py [--data ../shared/data/game-music] [--limit N] [--engine ray]
 """
 
 import argparse
@@ -31,6 +33,7 @@ def _peak_mb() -> float:
 
 
 def run_one(config: str, data: Path, limit: int) -> dict:
+    from agf.engine import Engine, connect
     from agf.ingest import collect, ingest
     from agf.ingest.audio import load_clip
     from agf.ingest.features import fma_features_reference
@@ -49,30 +52,44 @@ def run_one(config: str, data: Path, limit: int) -> dict:
     else:
         features = ("fma",) if config == "fma" else ("mfcc", "dmfcc")
         workers = 1 if config.endswith("-1w") else None
+        engine = Engine("ray" if config.endswith("-ray") else "local")
+        if engine.is_ray:  # the cluster's start and its workers' imports are timed apart
+            connect(engine)
+            with tempfile.TemporaryDirectory() as tmp, Store.open(Path(tmp) / "s", create=True) as store:
+                ingest(store, candidates[:8], features=features, engine=engine, quiet=True)
+            startup, started = time.perf_counter() - started, time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp, Store.open(Path(tmp) / "s", create=True) as store:
-            summary = ingest(store, candidates, features=features, workers=workers, quiet=True)
+            summary = ingest(store, candidates, features=features, workers=workers, engine=engine, quiet=True)
             assert summary.ingested == len(candidates), summary
     seconds = time.perf_counter() - started
     return {"config": config, "clips": len(candidates), "seconds": round(seconds, 2),
-            "clips_per_s": round(len(candidates) / seconds, 2), "peak_mb": round(_peak_mb())}
+            "clips_per_s": round(len(candidates) / seconds, 2), "peak_mb": round(_peak_mb()),
+            "note": f"(Ray's local cluster started and warmed on 8 clips in {startup:.1f} s, not counted)" if config.endswith("-ray") else ""}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--limit", type=int, default=128)
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="ray: the default features on a local Ray cluster of every core, next to the local engine")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args.data, args.limit)))
         return
     results = {}
-    for config in ("default", "default-1w", "fma", "plain-fma"):
+    configs = ("default", "default-ray") if args.engine == "ray" else ("default", "default-1w", "fma", "plain-fma")
+    for config in configs:
         out = subprocess.run([sys.executable, __file__, "--one", config, "--data", str(args.data), "--limit", str(args.limit)],
                              check=True, capture_output=True, text=True)
         results[config] = json.loads(out.stdout.strip().splitlines()[-1])
         r = results[config]
-        print(f"{config:12s} {r['clips']:4d} clips  {r['seconds']:7.2f} s  {r['clips_per_s']:6.2f} clips/s  peak {r['peak_mb']:5d} MB", flush=True)
+        print(f"{config:12s} {r['clips']:4d} clips  {r['seconds']:7.2f} s  {r['clips_per_s']:6.2f} clips/s  "
+              f"peak {r['peak_mb']:5d} MB {r['note']}", flush=True)
+    if args.engine == "ray":
+        print(f"ray vs local engine: {results['default-ray']['clips_per_s'] / results['default']['clips_per_s']:.2f}x")
+        return
     print(f"workers scaling (default vs one worker): {results['default']['clips_per_s'] / results['default-1w']['clips_per_s']:.2f}x")
     print(f"fma through agf vs the plain loop: {results['fma']['clips_per_s'] / results['plain-fma']['clips_per_s']:.2f}x")
 

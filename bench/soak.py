@@ -101,7 +101,8 @@ def main() -> None:
             runs += 1
             print(f"{runs} ingests completed, {kills} kills survived, {reader.answered} queries answered, "
                   f"{inputs} inputs tried", flush=True)
-    reader.stop.set()
+        reader.stop.set()
+        reader.join()
     print(f"kills survived: {kills}; completed runs: {runs}; queries answered: {reader.answered}; "
           f"inconsistent answers: {reader.inconsistent}; inputs tried: {inputs} (unhandled: {bad_inputs}); "
           f"rows lost: {rows_lost}")

@@ -9,6 +9,9 @@ from typer.testing import CliRunner
 from agf.cli import app
 from agf.ingest import collect, ingest
 from agf.ingest.synth import write_corpus
+from agf.models.factors import FactorParams, build_factors
+from agf.models.train import TrainParams, embed, train_cnn
+from agf.models.transfer import TransferParams, train_transfer
 from agf.store import Store
 
 GAME_MUSIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "game-music"
@@ -57,3 +60,19 @@ def cli():
         return runner.invoke(app, [str(a) for a in args], env={**os.environ, **(env or {})})
 
     return run
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A store with a genre CNN, an AGF CNN and a transfer model, and the corpus they came from."""
+    root = tmp_path_factory.mktemp("tag")
+    manifest = write_corpus(root / "corpus", genres=3, artists=5, tracks=3, seconds=6.0, seed=2)
+    with Store.open(root / "store", create=True) as store:
+        candidates, _ = collect(manifest.parent, manifest=manifest)
+        ingest(store, candidates, workers=2, quiet=True)
+        build_factors(store, ["mfcc"], FactorParams(clusters=16, topics=4), quiet=True)
+        for target in ("genre", "agf:mfcc"):
+            train_cnn(store, target, TrainParams(epochs=1, crops_per_track=2), quiet=True)
+        embed(store, quiet=True)
+        model_id = train_transfer(store, TransferParams(epochs=20), quiet=True)["model_id"]
+    return {"store": root / "store", "corpus": manifest.parent, "model_id": model_id}

@@ -6,31 +6,13 @@ import shutil
 import numpy as np
 import pytest
 
-from agf.ingest import collect, ingest
 from agf.ingest.synth import write_corpus
 from agf.models.data import assign_splits
-from agf.models.factors import FactorParams, build_factors
-from agf.models.train import TrainParams, all_tracks, embed, train_cnn
+from agf.models.train import all_tracks
 from agf.models.transfer import TransferParams, train_transfer
 from agf.store import Store
 
 PREDICTION_COLUMNS = "track_id, model_id, genre, probability, rank"
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A store with a genre CNN, an AGF CNN and a transfer model, and the corpus they came from."""
-    root = tmp_path_factory.mktemp("tag")
-    manifest = write_corpus(root / "corpus", genres=3, artists=5, tracks=3, seconds=6.0, seed=2)
-    with Store.open(root / "store", create=True) as store:
-        candidates, _ = collect(manifest.parent, manifest=manifest)
-        ingest(store, candidates, workers=2, quiet=True)
-        build_factors(store, ["mfcc"], FactorParams(clusters=16, topics=4), quiet=True)
-        for target in ("genre", "agf:mfcc"):
-            train_cnn(store, target, TrainParams(epochs=1, crops_per_track=2), quiet=True)
-        embed(store, quiet=True)
-        model_id = train_transfer(store, TransferParams(epochs=20), quiet=True)["model_id"]
-    return {"store": root / "store", "corpus": manifest.parent, "model_id": model_id}
 
 
 @pytest.fixture

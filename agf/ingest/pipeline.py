@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from agf.engine import LOCAL, Engine, connect, ray_ingest_results
 from agf.ingest.audio import AudioError, load_clip
 from agf.ingest.features import DEFAULT_FEATURES, FRAME_EXTRACTORS, VECTOR_EXTRACTORS, Spectra
 from agf.ingest.metadata import Candidate, GenreRow, slug
@@ -212,6 +213,7 @@ def ingest(
     workers: int | None = None,
     force: bool = False,
     part_size: int = 64,
+    engine: Engine = LOCAL,
     quiet: bool = False,
 ) -> IngestSummary:
     """Ingest ``candidates`` into ``store``: tracks, artists, albums, genres, features, frames.
@@ -224,7 +226,12 @@ def ingest(
         Recompute files whose audio is already stored, keeping their track ids.
     part_size : int
         Files per committed part; an interruption loses at most the part in progress.
+    engine : Engine
+        Where decoding and features run: this machine's worker processes, or Ray tasks. Either
+        way this process assigns ids, writes frames and commits parts.
     """
+    if engine.is_ray:
+        connect(engine)  # before any work: an unreachable cluster is an error, not a stall
     started = time.perf_counter()
     summary = IngestSummary()
     workers = workers or os.cpu_count() or 1
@@ -272,7 +279,11 @@ def ingest(
         summary.ingested += 1
 
     with progress_bar(len(candidates), "ingest", "files", quiet) as bar:
-        for result in _results(candidates, config, workers, check_known=not force, known=frozenset(known)):
+        if engine.is_ray:
+            results = ray_ingest_results(engine, [str(c.path) for c in candidates], config, not force, frozenset(known))
+        else:
+            results = _results(candidates, config, workers, check_known=not force, known=frozenset(known))
+        for result in results:
             handle(result)
             bar.advance()
             if len(batch) >= part_size:

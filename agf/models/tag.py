@@ -14,7 +14,8 @@ import pyarrow as pa
 
 from agf.errors import AgfError
 from agf.ingest import Candidate, ingest
-from agf.models.train import embedding_table, load_cnn, pick_device, prediction_rows, unembedded
+from agf.engine import LOCAL, Engine
+from agf.models.train import embedding_chunks, embedding_rows, load_cnn, pick_device, prediction_rows, unembedded
 from agf.models.transfer import load_transfer, transfer_probabilities
 from agf.progress import progress_bar
 from agf.store import Store
@@ -29,7 +30,7 @@ class Tagger:
     ``seconds`` accumulates the time spent per stage (:data:`STAGES`).
     """
 
-    def __init__(self, store: Store, model_id: str | None = None, device: str = "auto"):
+    def __init__(self, store: Store, model_id: str | None = None, device: str = "auto", engine: Engine = LOCAL):
         self.store = store
         self.model_id = model_id or _latest_transfer(store)
         try:
@@ -37,8 +38,10 @@ class Tagger:
         except AgfError as exc:
             raise AgfError(f"cannot load transfer model {self.model_id}: {exc}") from None
         self.classes = self.transfer[1]["classes"]
-        self.device = pick_device(device)
-        self.cnns = {m: load_cnn(store, m, self.device)[:2] for m in self.transfer[1]["models"]}
+        self.device, self.engine = device, engine
+        # Locally the CNNs are loaded once here; on Ray, each actor loads its own.
+        self.cnns = {m: None if engine.is_ray else load_cnn(store, m, pick_device(device))[:2]
+                     for m in self.transfer[1]["models"]}
         self.seconds: dict[str, float] = defaultdict(float)
 
     def tag(self, candidates: Iterable[Candidate], top: int = 3, workers: int | None = None, chunk_size: int = 256,
@@ -58,7 +61,7 @@ class Tagger:
 
     def _chunk(self, chunk: list[Candidate], top: int, workers: int | None) -> list[dict]:
         started = time.perf_counter()
-        summary = ingest(self.store, chunk, workers=workers, quiet=True)
+        summary = ingest(self.store, chunk, workers=workers, engine=self.engine, quiet=True)
         self._lap("ingest", started)
         ids = list(dict.fromkeys(summary.track_ids.values()))
         probabilities = dict(zip(ids, self._predict(ids))) if ids else {}
@@ -79,8 +82,9 @@ class Tagger:
     def _predict(self, ids: list[int]) -> np.ndarray:
         """Embed ``ids`` where a CNN has not yet, classify them, store both: (n, genres) probabilities."""
         started = time.perf_counter()
-        tables = [embedding_table(model, spectra, model_id, todo, self.device)
-                  for model_id, (model, spectra) in self.cnns.items() if (todo := unembedded(self.store, model_id, ids))]
+        tables = [embedding_rows(model_id, chunk_ids, vectors) for model_id, loaded in self.cnns.items()
+                  for chunk_ids, vectors in embedding_chunks(self.store, model_id, unembedded(self.store, model_id, ids),
+                                                             self.device, self.engine, loaded) if chunk_ids]
         self._lap("embed", started)
         if tables:
             started = time.perf_counter()

@@ -9,11 +9,13 @@ stalls for an epoch. Validation loss is the clip-level loss of the mean patch pr
 import copy
 import io
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
+from agf.engine import LOCAL, Engine, ray_embeddings
 from agf.errors import AgfError
 from agf.models.cnn import EMBEDDING_DIM, GenreCNN, inference_copy, soft_cross_entropy
 from agf.models.data import Spectrograms, assign_splits
@@ -172,9 +174,14 @@ def _validation_loss(model, spectra, labelled, y, val, device) -> float:
 
 @torch.no_grad()
 def clip_outputs(model: GenreCNN, spectra: Spectrograms, track_ids: list[int], device: torch.device,
-                 batch_patches: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """Clip-level embeddings (n, 256) and probabilities (n, classes): means over every patch."""
+                 batch_patches: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Clip-level embeddings (n, 256) and probabilities (n, classes): means over every patch.
+
+    Patches of consecutive tracks share forward passes of ``batch_patches`` (default 512 on a
+    GPU; 64 on a CPU, where a batch whose activations fit in cache runs about 1.7x faster).
+    """
     model = inference_copy(model)
+    batch_patches = batch_patches or (512 if device.type == "cuda" else 64)
     embeddings = np.zeros((len(track_ids), EMBEDDING_DIM), np.float32)
     probabilities = np.zeros((len(track_ids), model.n_outputs), np.float32)
     pending, owners = [], []
@@ -236,20 +243,20 @@ def cnn_models(store: Store, spec: str = "all") -> list[str]:
     return ids
 
 
-def embed(store: Store, spec: str = "all", device: str = "auto", quiet: bool = False) -> list[dict]:
-    """Write the clip embeddings of every track not yet embedded by each chosen CNN."""
+def embed(store: Store, spec: str = "all", device: str = "auto", engine: Engine = LOCAL, quiet: bool = False) -> list[dict]:
+    """Write the clip embeddings of every track not yet embedded by each chosen CNN.
+
+    A part is committed per chunk of 2,048 tracks: an interruption keeps what is done.
+    """
     results = []
-    chosen = pick_device(device)
+    where = "a Ray cluster" if engine.is_ray else pick_device(device)
     for model_id in cnn_models(store, spec):
         started = time.perf_counter()
-        model, spectra, _ = load_cnn(store, model_id, chosen)
         todo = unembedded(store, model_id)
-        for start in range(0, len(todo), 2048):  # a part per 2048 tracks: an interruption keeps what is done
-            chunk = todo[start : start + 2048]
-            store.write(append={"embeddings": embedding_table(model, spectra, model_id, chunk, chosen)},
-                        params={"model_id": model_id})
+        for ids, vectors in embedding_chunks(store, model_id, todo, device, engine):
+            store.write(append={"embeddings": embedding_rows(model_id, ids, vectors)}, params={"model_id": model_id})
         seconds = time.perf_counter() - started
-        say(f"embedded {len(todo)} tracks with {model_id} on {chosen} in {seconds:.1f} s", quiet)
+        say(f"embedded {len(todo)} tracks with {model_id} on {where} in {seconds:.1f} s", quiet)
         results.append({"model_id": model_id, "embedded": len(todo), "seconds": round(seconds, 2),
                         "tracks_per_s": round(len(todo) / seconds, 1) if todo else None})
     return results
@@ -263,11 +270,27 @@ def unembedded(store: Store, model_id: str, track_ids: list[int] | None = None) 
                        [model_id] + ([track_ids] if track_ids is not None else []))["track_id"].to_pylist()
 
 
-def embedding_table(model: GenreCNN, spectra: Spectrograms, model_id: str, track_ids: list[int], device: torch.device):
-    """Rows of the embeddings table for ``track_ids``: their clip embeddings by ``model``."""
+def embedding_chunks(store: Store, model_id: str, track_ids: list[int], device: str = "auto", engine: Engine = LOCAL,
+                     loaded: tuple | None = None, chunk: int = 2048) -> Iterator[tuple[list[int], np.ndarray]]:
+    """Clip embeddings of ``track_ids`` by ``model_id``: (track ids, (n, 256) float32) chunks.
+
+    Locally with ``loaded`` (model, spectrogram reader) or the model loaded here; with a Ray
+    engine, by an actor pool on the cluster.
+    """
+    if engine.is_ray:
+        yield from ray_embeddings(engine, store.root, model_id, track_ids, device)
+        return
+    chosen = pick_device(device)
+    model, spectra = loaded or load_cnn(store, model_id, chosen)[:2]
+    for start in range(0, len(track_ids), chunk):
+        ids = track_ids[start : start + chunk]
+        yield ids, clip_outputs(model, spectra, ids, chosen)[0]
+
+
+def embedding_rows(model_id: str, track_ids: list[int], vectors: np.ndarray):
+    """Rows of the embeddings table."""
     import pyarrow as pa
 
-    vectors, _ = clip_outputs(model, spectra, track_ids, device)
     return pa.table({"track_id": pa.array(track_ids, pa.int64()), "model_id": [model_id] * len(track_ids),
                      "vector": fixed_vectors(vectors)})
 

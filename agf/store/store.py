@@ -31,6 +31,22 @@ def _add_commit_lock(root: Path) -> None:
     (root / COMMIT_LOCK).touch()
 
 
+# Writer-lock descriptors this process holds. A forked child (an ingest worker) must not keep one
+# open: the lock would outlive the writer until the child exits, refusing the next writer.
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in _HELD_LOCKS:
+        try:
+            os.close(fd)  # the child's reference only: the parent keeps its lock
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
+
 # from-version -> the function that upgrades a store of that version to the next, in place
 MIGRATIONS = {1: _add_commit_lock}
 DEFAULT_CONFIG = {
@@ -146,16 +162,15 @@ class Store:
         for sub in ("tables", "frames", "indexes", "models"):
             (root / sub).mkdir(exist_ok=True)
         _add_commit_lock(root)
-        lock_fd = cls._lock(root)
+        store = cls(root, meta, writable=True, lock_fd=cls._lock(root))
         try:
-            store = cls(root, meta, writable=True, lock_fd=lock_fd)
             txn = Transaction(root)
             for name, schema in SCHEMAS.items():
                 txn.write_part(store.table_dir(name), schema.empty_table())
             txn.commit()
             store._save_meta()  # store.json last: a store exists once its tables do
         finally:
-            os.close(lock_fd)
+            store.close()
 
     @staticmethod
     def _lock(root: Path) -> int:
@@ -165,11 +180,13 @@ class Store:
         except BlockingIOError:
             os.close(fd)
             raise AgfError(f"store {root} is being written by another agf process") from None
+        _HELD_LOCKS.add(fd)
         return fd
 
     def close(self) -> None:
         """Release the writer lock."""
         if self._lock_fd is not None:
+            _HELD_LOCKS.discard(self._lock_fd)
             os.close(self._lock_fd)
             self._lock_fd = None
 
@@ -294,7 +311,11 @@ class Store:
     def connect(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with a view per store table."""
         con = duckdb.connect(":memory:")
-        con.execute(self.catalog_sql())
+        try:
+            con.execute(self.catalog_sql())
+        except duckdb.Error as exc:  # e.g. a table folder removed by hand
+            con.close()
+            raise AgfError(f"the store's tables cannot be read: {_one_line(exc)}") from None
         return con
 
     def query(self, sql: str, params: list | None = None) -> pa.Table:
