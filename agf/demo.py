@@ -81,5 +81,5 @@ def run_demo(corpus: Path, store_dir: Path, quick: bool = False, workers: int | 
         files = [Path(p) for p in _held_out_paths(store)] + [_unseen_track(Path(corpus))]
         tagged = Tagger(store).tag(read_files(files), workers=workers, quiet=True)
         report["tagged (held-out tracks, then a Jazz track by a new artist)"] = [
-            {"file": Path(t["path"]).name, **{k: t[k] for k in ("genre", "probability", "top")}} for t in tagged]
+            {"file": "/".join(Path(t["path"]).parts[-2:]), **{k: t[k] for k in ("genre", "probability", "top")}} for t in tagged]
     return report

@@ -5,9 +5,10 @@ track, 6.5 tracks per artist) is written to a real frame cache at three sizes; e
 in a fresh process twice:
 
 - ``agf``: the library's stages: FAISS K-Means fitted on a bounded sample, batched FAISS
-  assignment of every frame, sparse artist bag-of-words, LDA (batch, or online above 4096 artists);
+  assignment of every frame, sparse artist bag-of-words, LDA (batch, or online above 4096 artists,
+  its E-step on every core);
 - ``sklearn``: the straightforward pipeline the authors' code runs: MiniBatchKMeans.partial_fit
-  over batches of 256 tracks, predict per artist, the same LDA.
+  over batches of 256 tracks, predict per artist, the same LDA on one core.
 
 Seconds are then extrapolated linearly in frames (and artists for LDA) to FMA full: 106,574
 tracks, 68.8 million frames, 16,341 artists; the fit of ``agf`` is bounded by its sample size,
@@ -47,7 +48,6 @@ def _corpus(root: Path, n_tracks: int, rng: np.random.Generator) -> list[dict]:
 
 
 def run_one(method: str, n_tracks: int, clusters: int, topics: int) -> dict:
-    from sklearn.decomposition import LatentDirichletAllocation
 
     from agf.models import factors as F
 
@@ -82,18 +82,28 @@ def run_one(method: str, n_tracks: int, clusters: int, topics: int) -> dict:
         artist_ids, bags, _ = F.artist_bags(tracks, hist, clusters)
         times["bow"] = time.perf_counter() - started
         started = time.perf_counter()
-        LatentDirichletAllocation(topics, learning_method="batch" if len(artist_ids) <= 4096 else "online",
-                                  max_iter=10, batch_size=512, random_state=0).fit(bags)
+        _lda(method, topics, len(artist_ids)).fit(bags)
         times["lda"] = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"method": method, "tracks": n_tracks, "frames": n_tracks * FRAMES_PER_TRACK, "artists": len(artist_ids),
             **{k: round(v, 3) for k, v in times.items()}, "peak_mb": round(peak)}
 
 
-def lda_at_fma_shape(clusters: int, topics: int) -> float:
-    """Seconds of the library's LDA (online, 10 passes) on a 16,341 x K artist bag-of-words."""
-    from scipy import sparse
+def _lda(method: str, topics: int, n_artists: int):
+    """The library's LDA (every core) for ``agf``; the same model on one core for ``sklearn``."""
     from sklearn.decomposition import LatentDirichletAllocation
+
+    from agf.models.factors import make_lda
+
+    if method == "agf":
+        return make_lda(topics, n_artists, passes=10, seed=0)
+    return LatentDirichletAllocation(topics, learning_method="batch" if n_artists <= 4096 else "online",
+                                     max_iter=10, batch_size=512, random_state=0)
+
+
+def lda_at_fma_shape(clusters: int, topics: int) -> dict[str, float]:
+    """Seconds of LDA (online, 10 passes) on a 16,341 x K artist bag-of-words, per method."""
+    from scipy import sparse
 
     rng = np.random.default_rng(0)
     rows = []
@@ -102,9 +112,12 @@ def lda_at_fma_shape(clusters: int, topics: int) -> float:
         ids, counts = np.unique(words % (clusters // 8) + 8 * rng.integers(8), return_counts=True)
         rows.append(sparse.csr_matrix((counts / TRACKS_PER_ARTIST, (np.zeros_like(ids), ids)), shape=(1, clusters)))
     bags = sparse.vstack(rows).tocsr()
-    started = time.perf_counter()
-    LatentDirichletAllocation(topics, learning_method="online", max_iter=10, batch_size=512, random_state=0).fit(bags)
-    return time.perf_counter() - started
+    seconds = {}
+    for method in ("agf", "sklearn"):
+        started = time.perf_counter()
+        _lda(method, topics, FMA_ARTISTS).fit(bags)
+        seconds[method] = time.perf_counter() - started
+    return seconds
 
 
 def main() -> None:
@@ -131,7 +144,8 @@ def main() -> None:
                   f"{r['bow']:6.2f} {r['lda']:6.2f} {r['peak_mb']:7d}", flush=True)
     lda_full = None if args.skip_full_lda else lda_at_fma_shape(args.clusters, args.topics)
     if lda_full is not None:
-        print(f"\nLDA measured at FMA's shape ({FMA_ARTISTS} artists x {args.clusters} words, online, 10 passes): {lda_full:.1f} s")
+        print(f"\nLDA measured at FMA's shape ({FMA_ARTISTS} artists x {args.clusters} words, online, 10 passes): "
+              f"agf {lda_full['agf']:.1f} s (every core), sklearn {lda_full['sklearn']:.1f} s (one core)")
     print("\nextrapolated to FMA full (106,574 tracks, 68.8 M frames, 16,341 artists):")
     for method in ("agf", "sklearn"):
         mine = [r for r in results if r["method"] == method]
@@ -146,7 +160,7 @@ def main() -> None:
         fit = mine[-1]["fit"] if method == "agf" else fit_line(frames, np.array([r["fit"] for r in mine]), scale_f)
         assign = fit_line(frames, np.array([r["assign"] for r in mine]), scale_f)
         bow = fit_line(frames, np.array([r["bow"] for r in mine]), scale_f)
-        lda = lda_full if lda_full is not None else fit_line(artists, np.array([r["lda"] for r in mine]), scale_a)
+        lda = lda_full[method] if lda_full is not None else fit_line(artists, np.array([r["lda"] for r in mine]), scale_a)
         per_source = fit + assign + bow + lda
         print(f"  {method:8s} per frame source: fit {fit:7.1f} s  assign {assign:7.1f} s  bow {bow:6.1f} s  lda {lda:6.1f} s"
               f"  = {per_source / 60:5.1f} min; mfcc + dmfcc ≈ {2 * per_source / 60:5.1f} min")

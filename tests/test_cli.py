@@ -75,7 +75,7 @@ def test_demo_quick_runs_end_to_end(tmp_path, cli):
     for name in ("Rock Artist 1", "Classical Artist 2"):
         assert [n["rank"] for n in report[f"similar to {name}"]] == [1, 2, 3]
     *held_out, newcomer = report["tagged (held-out tracks, then a Jazz track by a new artist)"]
-    assert len(held_out) == 3 and newcomer["file"] == "newcomer.flac"
+    assert len(held_out) == 3 and newcomer["file"] == "new-music/newcomer.flac"
     assert all(t["genre"] is not None and 0 < t["probability"] <= 1 for t in [*held_out, newcomer])
     store = Store.open(tmp_path / "store")
     assert store.count("features_fma") == 128 and store.count("embeddings") == 5 * 129

@@ -104,8 +104,8 @@ def test_factors_build_killed_again_and_again_ends_as_an_uninterrupted_run(small
     reference, killed = _copies(small_store, tmp_path)
     args = ["factors", "build", "--source", "mfcc,tags", "--clusters", "16", "--topics", "4", "--quiet", "--store"]
     seconds = timed(args + [reference])
-    for counts in kill_at_random_points(args + [killed], killed, seconds, seed=2):
-        assert counts["agf"] in (0, 9 + 9)  # nothing, or both sources: one transaction
+    for counts in kill_at_random_points(args + [killed], killed, seconds, seed=int(os.environ.get("AGF_KILL_SEED", 2))):
+        assert counts["agf"] in (0, 9, 9 + 9)  # a commit per source: none, mfcc, or mfcc and tags
     agf(*args, killed)
     query = "SELECT artist_id, source, model_id, factors FROM agf ORDER BY source, artist_id"
     expected, got = (Store.open(r).query(query).to_pylist() for r in (reference, killed))
