@@ -139,7 +139,8 @@ def fit_dictionary(source: str, points: _Points | None, tracks: list[dict], para
     if len(sample) < 2:
         raise AgfError(f"{source}: too few points to cluster ({len(sample)})")
     kmeans = faiss.Kmeans(sample.shape[1], k, niter=params.kmeans_iterations, seed=params.seed,
-                          max_points_per_centroid=max(256, len(sample) // k + 1), verbose=False)
+                          max_points_per_centroid=max(256, len(sample) // k + 1),
+                          min_points_per_centroid=1, verbose=False)  # few points per centroid is by design here
     kmeans.train(np.ascontiguousarray((sample - mean) / scale, dtype=np.float32))
     return Dictionary(source, mean=mean.astype(np.float32), scale=scale, centroids=kmeans.centroids.copy())
 
