@@ -14,7 +14,8 @@ from agf.models.train import TrainParams, embed, train_cnn
 from agf.models.transfer import TransferParams, train_transfer
 from agf.store import Store
 
-GAME_MUSIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "game-music"
+# The shared game-music clips, beside the checkout (../shared), or where AGF_GAME_MUSIC points.
+GAME_MUSIC = Path(os.environ.get("AGF_GAME_MUSIC", Path(__file__).resolve().parents[2] / "shared" / "data" / "game-music"))
 
 
 @pytest.fixture(scope="session")
