@@ -202,7 +202,9 @@ def test_ctrl_c_or_a_kill_mid_ingest_loses_nothing_stored_and_the_next_run_resum
     root = tmp_path / "s"
     command = [sys.executable, "-m", "agf.cli", "ingest", str(small_corpus.parent), "--manifest", str(small_corpus),
                "--features", "mfcc", "--workers", "1", "--part-size", "2", "--store", str(root), "--quiet"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell runs background jobs with SIGINT ignored, and Python then keeps it ignored: restore it.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and len(list((root / "tables" / "tracks").glob("*.parquet"))) < 3:
         time.sleep(0.05)  # wait for two committed parts (the first part is the empty table)
