@@ -195,6 +195,24 @@ def test_a_full_disk_is_a_clear_error_and_nothing_is_left_half_written(small_sto
     assert every_table_reads(root)["tracks"] > 27
 
 
+def test_an_unwritable_store_is_a_clear_error_and_stays_as_it_was(small_store, game_music, tmp_path):
+    root = tmp_path / "store"
+    shutil.copytree(small_store, root)
+    folders = [str(root), *(str(p) for p in root.rglob("*") if p.is_dir())]
+    # Immutable folders: nothing can be created in them, not even by root (who ignores permissions).
+    if subprocess.run(["chattr", "+i", *folders], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available on this file system")
+    try:
+        clip = sorted(game_music.rglob("*.mp3"))[0]
+        result = subprocess.run([*AGF, "ingest", str(clip.parent), "--workers", "1", "--store", str(root), "--quiet"],
+                                capture_output=True, text=True)
+    finally:
+        subprocess.run(["chattr", "-i", *folders], check=True)
+    assert result.returncode == 1 and result.stderr.startswith("Error: cannot write or read the store: ")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert every_table_reads(root)["tracks"] == 27 and not list(root.rglob("*.tmp"))
+
+
 HOSTILE_SQL = [
     "INSERT INTO artists VALUES (99, 'x', 'x')",
     "UPDATE tracks SET title = 'x'",
