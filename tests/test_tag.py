@@ -1,5 +1,6 @@
 """``agf tag``: new music in, genre predictions out, equal to what evaluation scored."""
 
+import csv
 import json
 import shutil
 
@@ -100,3 +101,18 @@ def test_game_music_clips_are_tagged_with_a_model_trained_elsewhere(trained, sto
     rows = json.loads(out.stdout)
     assert len(rows) == len(files) == 8 and all(r["error"] is None and r["genre"] for r in rows)
     assert len(_predictions(store_copy, f"track_id IN ({', '.join(str(r['track_id']) for r in rows)})")) == 8 * 3
+
+
+def test_a_manifest_gives_tagged_files_their_artist_and_title(store_copy, cli, tmp_path):
+    manifest = write_corpus(tmp_path / "uploads", genres=1, artists=1, tracks=2, seconds=5.0, seed=11)
+    out = cli("tag", "--manifest", manifest, "--store", store_copy, "--json", "--quiet")
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.stdout)
+    assert len(rows) == 2 and all(r["error"] is None for r in rows)
+    with open(manifest, newline="") as fh:
+        expected = sorted((r["artist"], r["title"]) for r in csv.DictReader(fh))
+    with Store.open(store_copy) as store:
+        stored = store.query("SELECT a.name, t.title FROM tracks t JOIN artists a USING (artist_id) "
+                             "WHERE track_id IN (SELECT unnest(?::BIGINT[])) ORDER BY 1, 2",
+                             [[r["track_id"] for r in rows]]).to_pylist()
+    assert [(r["name"], r["title"]) for r in stored] == expected
