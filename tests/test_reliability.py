@@ -166,7 +166,7 @@ def test_readers_beside_a_writer_never_see_half_a_commit(factored, game_music, t
         assert len(Similar(store).artists({"artist_id": 1, "name": "first"}, k=3, space="agf:mfcc")) == 3
         answered += 1
     assert writer.returncode == 0, writer.stderr.read()
-    assert seen == sorted(seen) and seen[0] == 27 and seen[-1] == 27 + 12
+    assert seen == sorted(seen) and seen[0] >= 27 and seen[-1] == 27 + 12
     assert answered >= 5
 
 
