@@ -14,11 +14,11 @@ import soundfile as sf
 from agf.ingest import collect, ingest
 from agf.ingest.metadata import read_files
 from agf.ingest.synth import GENRES, SR, ArtistVoice, render_track, write_corpus
+from agf.models.data import assign_splits
 from agf.models.evaluate import evaluate, summary_rows
 from agf.models.factors import FactorParams, build_factors, default_sources
 from agf.models.similar import Similar, build_indexes
 from agf.models.tag import Tagger
-from agf.models.data import assign_splits
 from agf.models.train import TrainParams, all_tracks, embed, train_cnn
 from agf.models.transfer import TransferParams, train_transfer
 from agf.progress import say
@@ -41,15 +41,15 @@ def _unseen_track(folder: Path) -> Path:
     return path
 
 
-def _held_out_paths(store: Store, per_genre: int = 1) -> list[str]:
-    """A test-split track of each of a few genres: audio the models never trained on."""
+def _held_out_paths(store: Store) -> list[str]:
+    """The first test-split track of each of three genres: audio the models never trained on."""
     splits = assign_splits(all_tracks(store), "auto", seed=0)
     rows = store.query("SELECT track_id, path, genre_top FROM tracks ORDER BY track_id").to_pylist()
-    chosen: dict[str, list[str]] = {}
+    first: dict[str, str] = {}
     for r in rows:
-        if splits[r["track_id"]] == "test" and len(chosen.setdefault(r["genre_top"], [])) < per_genre:
-            chosen[r["genre_top"]].append(r["path"])
-    return [p for paths in list(chosen.values())[:3] for p in paths]
+        if splits[r["track_id"]] == "test":
+            first.setdefault(r["genre_top"], r["path"])
+    return list(first.values())[:3]
 
 
 def run_demo(corpus: Path, store_dir: Path, quick: bool = False, workers: int | None = None, quiet: bool = False) -> dict:

@@ -84,7 +84,7 @@ class Tagger:
         started = time.perf_counter()
         tables = [embedding_rows(model_id, chunk_ids, vectors) for model_id, loaded in self.cnns.items()
                   for chunk_ids, vectors in embedding_chunks(self.store, model_id, unembedded(self.store, model_id, ids),
-                                                             self.device, self.engine, loaded) if chunk_ids]
+                                                             self.device, self.engine, loaded)]
         self._lap("embed", started)
         if tables:
             started = time.perf_counter()

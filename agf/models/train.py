@@ -277,6 +277,8 @@ def embedding_chunks(store: Store, model_id: str, track_ids: list[int], device: 
     Locally with ``loaded`` (model, spectrogram reader) or the model loaded here; with a Ray
     engine, by an actor pool on the cluster.
     """
+    if not track_ids:
+        return  # nothing to embed: no model to load, no cluster work to start
     if engine.is_ray:
         yield from ray_embeddings(engine, store.root, model_id, track_ids, device)
         return

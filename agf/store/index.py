@@ -158,23 +158,23 @@ def load_index(store: Store, space: str, level: str) -> VectorIndex:
     path = index_path(store, space, level)
     if not path.exists():
         raise AgfError(f"no {level} index for space {space!r}: run `agf index build`")
-    with store.snapshot():
+    with store.snapshot():  # the index file and its sidecar as one commit left them
         key = (str(path), path.stat().st_mtime_ns)
-        if key not in _LOADED:
-            meta = json.loads(path.with_suffix(".json").read_text())
-            data = path.read_bytes()
-    if key not in _LOADED:
-        if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
-            raise AgfError(f"index file {path} does not match the sha256 in its sidecar; it was changed or "
-                           f"damaged: run `agf index build`")
-        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-        inner = faiss.downcast_index(index.index)
-        if isinstance(inner, faiss.IndexIVF):
-            inner.nprobe = meta.get("nprobe", inner.nprobe)
-        gpu = None
-        if gpu_available() and meta["kind"].startswith("flat"):
-            gpu = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-        _LOADED[key] = VectorIndex(index, meta, gpu)
+        if key in _LOADED:
+            return _LOADED[key]
+        meta = json.loads(path.with_suffix(".json").read_text())
+        data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+        raise AgfError(f"index file {path} does not match the sha256 in its sidecar; it was changed or "
+                       f"damaged: run `agf index build`")
+    index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    inner = faiss.downcast_index(index.index)
+    if isinstance(inner, faiss.IndexIVF):
+        inner.nprobe = meta.get("nprobe", inner.nprobe)
+    gpu = None
+    if gpu_available() and meta["kind"].startswith("flat"):
+        gpu = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    _LOADED[key] = VectorIndex(index, meta, gpu)
     return _LOADED[key]
 
 

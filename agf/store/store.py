@@ -320,9 +320,18 @@ class Store:
 
     def query(self, sql: str, params: list | None = None) -> pa.Table:
         """Run ``sql`` over the store's views and return the result as an Arrow table."""
+        return self._run(sql, params)
+
+    def sql(self, sql: str) -> pa.Table:
+        """Run a user's read-only statement: anything that would modify data is refused."""
+        return self._run(sql, read_only=True)
+
+    def _run(self, sql: str, params: list | None = None, read_only: bool = False) -> pa.Table:
         with self.snapshot():
             con = self.connect()
             try:
+                if read_only:
+                    _refuse_writes(con, sql)
                 return con.sql(sql, params=params or None).to_arrow_table()
             except duckdb.Error as exc:
                 raise AgfError(_one_line(exc)) from None
@@ -347,27 +356,6 @@ class Store:
         """Rows in table ``name``, from the parts' footers."""
         with self.snapshot():
             return sum(pq.read_metadata(p).num_rows for p in self.parts(name))
-
-    def sql(self, sql: str) -> pa.Table:
-        """Run a user's read-only statement: anything that would modify data is refused."""
-        with self.snapshot():
-            return self._read_only_sql(sql)
-
-    def _read_only_sql(self, sql: str) -> pa.Table:
-        con = self.connect()
-        try:
-            statements = con.extract_statements(sql)
-            if not statements:
-                raise AgfError("no SQL statement given")
-            for statement in statements:
-                if statement.type not in _READ_ONLY:
-                    kind = statement.type.name.replace("_", " ")
-                    raise AgfError(f"agf sql is read-only: {kind} statements are not allowed")
-            return con.sql(sql).to_arrow_table()
-        except duckdb.Error as exc:
-            raise AgfError(_one_line(exc)) from None
-        finally:
-            con.close()
 
     def info(self) -> dict:
         """The store's path, format, tables (rows, parts, bytes), frame caches, indexes and models."""
@@ -407,6 +395,17 @@ def _concat(name: str, tables: list[pa.Table]) -> pa.Table:
 
 
 _READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+
+
+def _refuse_writes(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Raise unless every statement of ``sql`` only reads."""
+    statements = con.extract_statements(sql)
+    if not statements:
+        raise AgfError("no SQL statement given")
+    for statement in statements:
+        if statement.type not in _READ_ONLY:
+            kind = statement.type.name.replace("_", " ")
+            raise AgfError(f"agf sql is read-only: {kind} statements are not allowed")
 
 
 def _one_line(exc: Exception) -> str:
