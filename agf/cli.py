@@ -48,21 +48,26 @@ def fail(message: str, code: int = 1):
 
 def command(fn):
     """Give a command ``--json`` and ``--csv``, render what it returns, and turn an
-    :class:`AgfError` into ``Error: message`` on stderr with exit status 1."""
+    :class:`AgfError` into ``Error: message`` on stderr with exit status 1.
+
+    A command may return an iterator of rows, rendered as they come; errors raised while it
+    runs are reported the same way."""
 
     @functools.wraps(fn)
     def wrapper(*args, as_json: bool = False, as_csv: bool = False, **kwargs):
         try:
-            result = fn(*args, **kwargs)
+            render(fn(*args, **kwargs), "json" if as_json else "csv" if as_csv else "table")
         except AgfError as exc:
             fail(str(exc))
+        except BrokenPipeError:  # the reader went away (`agf tag ... --csv | head`): stop, as Unix tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit cannot fail
+            raise typer.Exit(1) from None
         except OSError as exc:  # a full disk, an unwritable store: the store keeps its last commit
             where = f" ({exc.filename})" if exc.filename else ""
             fail(f"cannot write or read the store: {exc.strerror or exc}{where} (is the disk full, or the store "
                  f"read-only?); nothing half-written was kept")
         except KeyboardInterrupt:
             fail("interrupted: the store keeps every completed part; run the command again to resume", 130)
-        render(result, "json" if as_json else "csv" if as_csv else "table")
 
     signature = inspect.signature(fn)
     extra = [
@@ -266,6 +271,7 @@ def factors_show(
 Split = Annotated[str, typer.Option(help="auto (FMA's set.split where every track has one, else artist), artist, random, stored.")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")]
+Precision = Annotated[str, typer.Option(help="CNN arithmetic: auto (bf16 where the device has it natively, else fp32), fp32 or bf16.")]
 
 
 @app.command()
@@ -310,6 +316,7 @@ def train(
 def embed(
     model: Annotated[str, typer.Option(help="'all' (newest CNN per target) or model ids, comma-separated.")] = "all",
     device: Device = "auto",
+    precision: Precision = "auto",
     engine: EngineName = "local",
     address: Address = None,
     store: StoreDir = DEFAULT_STORE,
@@ -323,7 +330,7 @@ def embed(
 
     where = _engine(engine, address)
     with _open(store, write=True) as opened:
-        return run_embed(opened, model, device=device, engine=where, quiet=quiet)
+        return run_embed(opened, model, device=device, engine=where, quiet=quiet, precision=precision)
 
 
 @app.command()
@@ -444,6 +451,7 @@ def tag(
     workers: Annotated[int | None, typer.Option(help="Ingest worker processes (default: every core).")] = None,
     chunk_size: Annotated[int, typer.Option(help="Files ingested, embedded, classified and committed together.")] = 256,
     device: Device = "auto",
+    precision: Precision = "auto",
     engine: EngineName = "local",
     address: Address = None,
     store: StoreDir = DEFAULT_STORE,
@@ -466,15 +474,25 @@ def tag(
         candidates = read_files(paths)
     else:
         raise AgfError("give the files or folders to tag, or --manifest")
-    with _open(store, write=True) as opened:
-        tagger = Tagger(opened, model, device, where)
-        started = time.perf_counter()
-        rows = list(tagger.tag(candidates, top=top, workers=workers, chunk_size=chunk_size, total=len(candidates), quiet=quiet))
-        seconds = time.perf_counter() - started
-    failed = sum(r["error"] is not None for r in rows)
-    say(f"tagged {len(rows) - failed} files with {tagger.model_id}, {failed} failed, in {seconds:.1f} s "
-        f"({len(rows) / max(seconds, 1e-9):.1f} files/s)", quiet)
-    return rows
+    opened = _open(store, write=True)
+    try:
+        tagger = Tagger(opened, model, device, where, precision)
+    except BaseException:
+        opened.close()
+        raise
+
+    def rows():  # one row per file as its chunk is committed: output and memory stay bounded
+        with opened:
+            started, done, failed = time.perf_counter(), 0, 0
+            for row in tagger.tag(candidates, top=top, workers=workers, chunk_size=chunk_size, total=len(candidates),
+                                  quiet=quiet):
+                done, failed = done + 1, failed + (row["error"] is not None)
+                yield row
+            seconds = time.perf_counter() - started
+        say(f"tagged {done - failed} files with {tagger.model_id} ({tagger.precision}), {failed} failed, in "
+            f"{seconds:.1f} s ({done / max(seconds, 1e-9):.1f} files/s)", quiet)
+
+    return rows()
 
 
 # -- the demo -----------------------------------------------------------------------------------

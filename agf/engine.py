@@ -108,29 +108,29 @@ def ray_ingest_results(engine: Engine, paths: list[str], config, check_known: bo
 class _Embedder:
     """Ray actor: loads one CNN from the store once, then embeds batches of track ids."""
 
-    def __init__(self, root: str, model_id: str, device: str):
+    def __init__(self, root: str, model_id: str, device: str, precision: str):
         from agf.models.train import load_cnn, pick_device
         from agf.store import Store
 
-        self.device = pick_device(device)
+        self.device, self.precision = pick_device(device), precision
         self.model, self.spectra, _ = load_cnn(Store.open(Path(root)), model_id, self.device)
 
     def __call__(self, batch: dict) -> dict:
         from agf.models.train import clip_outputs
 
         ids = [int(t) for t in batch["track_id"]]
-        vectors, _ = clip_outputs(self.model, self.spectra, ids, self.device)
+        vectors, _ = clip_outputs(self.model, self.spectra, ids, self.device, precision=self.precision)
         return {"track_id": np.asarray(ids, np.int64), "vector": vectors}
 
 
 def ray_embeddings(engine: Engine, root: Path, model_id: str, track_ids: list[int], device: str = "auto",
-                   batch_size: int = 64) -> Iterator[tuple[list[int], np.ndarray]]:
+                   precision: str = "auto", batch_size: int = 64) -> Iterator[tuple[list[int], np.ndarray]]:
     """Clip embeddings of ``track_ids`` by ``model_id``, from an actor pool: (ids, (n, 256)) chunks."""
     ray = connect(engine)
     gpus = ray.cluster_resources().get("GPU", 0)
     actors = max(1, int(gpus) if gpus else int(ray.cluster_resources().get("CPU", 1)) // 2)
     dataset = ray.data.from_items([{"track_id": t} for t in track_ids])
-    dataset = dataset.map_batches(_Embedder, fn_constructor_args=(str(root), model_id, device), batch_size=batch_size,
+    dataset = dataset.map_batches(_Embedder, fn_constructor_args=(str(root), model_id, device, precision), batch_size=batch_size,
                                   concurrency=actors, num_gpus=1 if gpus else 0, batch_format="numpy")
     for batch in dataset.iter_batches(batch_size=2048, batch_format="numpy"):
         yield batch["track_id"].tolist(), np.asarray(batch["vector"], np.float32)

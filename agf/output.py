@@ -2,9 +2,12 @@
 
 import csv
 import datetime as dt
+import itertools
 import json
 import math
 import sys
+import textwrap
+from collections.abc import Iterator
 
 import pyarrow as pa
 
@@ -47,10 +50,18 @@ def rows_of(result) -> list[dict] | None:
 
 
 def render(result, fmt: str = "table", out=None) -> None:
-    """Write ``result`` (Arrow table, list of row dicts, dict, or text) to ``out`` in ``fmt``."""
+    """Write ``result`` (Arrow table, list of row dicts, dict, or text) to ``out`` in ``fmt``.
+
+    An iterator of row dicts is written as its rows come in JSON and CSV (memory stays bounded
+    however many rows there are); a table needs every row for its widths and collects them.
+    """
     out = out or sys.stdout
     if result is None:
         return
+    if isinstance(result, Iterator):
+        if fmt in ("json", "csv"):
+            return _stream(result, fmt, out)
+        result = list(result)
     rows = rows_of(result)
     if fmt == "json":
         out.write(json.dumps(_plain(rows if rows is not None else result), indent=2, ensure_ascii=False) + "\n")
@@ -69,10 +80,40 @@ def render(result, fmt: str = "table", out=None) -> None:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
         for row in rows:
-            writer.writerow([json.dumps(_plain(row.get(c))) if isinstance(row.get(c), list | dict) else _plain(row.get(c)) for c in columns])
+            writer.writerow(_csv_cells(row, columns))
     else:
         columns = list(result.column_names) if isinstance(result, pa.Table) else _columns(rows)
         out.write(table_text(columns, [[_cell(row.get(c)) for c in columns] for row in rows]))
+
+
+def _csv_cells(row: dict, columns: list[str]) -> list:
+    return [json.dumps(_plain(row.get(c))) if isinstance(row.get(c), list | dict) else _plain(row.get(c)) for c in columns]
+
+
+def _stream(rows: Iterator[dict], fmt: str, out) -> None:
+    """Rows written one by one, flushed as they come: the same text ``render`` gives a list.
+
+    CSV takes its columns from the first row, so every row should have the same keys.
+    """
+    first = next(rows, None)
+    if fmt == "json" and first is None:
+        out.write("[]\n")
+        return
+    if fmt == "csv":
+        writer, columns = csv.writer(out, lineterminator="\n"), list(first or {})
+        writer.writerow(columns)
+        if first is None:
+            return
+    else:
+        out.write("[\n")
+    for index, row in enumerate(itertools.chain([first], rows)):
+        if fmt == "csv":
+            writer.writerow(_csv_cells(row, columns))
+        else:
+            out.write((",\n" if index else "") + textwrap.indent(json.dumps(_plain(row), indent=2, ensure_ascii=False), "  "))
+        out.flush()
+    if fmt == "json":
+        out.write("\n]\n")
 
 
 def _columns(rows: list[dict]) -> list[str]:

@@ -6,11 +6,15 @@ and the transfer MLP over their concatenation). Then the game-music clips (real 
 are tagged into copies of that store:
 
 - ``batched``: ``agf tag``'s path: chunks of files ingested by every core, each CNN run over
-  all the chunk's patches in large batches, one commit per chunk;
+  all the chunk's patches in large batches, one commit per chunk, at the default precision
+  (bfloat16 where the device has it natively);
+- ``batched fp32``: the same with ``--precision fp32``;
 - ``one at a time``: the same work file by file (one worker, one forward per file's patches,
-  two commits per file), the straightforward loop.
+  two commits per file, float32), the straightforward loop.
 
 Prints tracks/s, the share of time per stage and peak memory; on a GPU the same again there.
+The feature code is warmed up first and its one-off cost printed apart: a fresh process pays
+~2 s of lazy imports once, which a long run amortises (``agf tag`` pays it on its first chunk).
 
 Usage: python bench/tag.py [--files 128] [--baseline-files 32]
 """
@@ -26,12 +30,14 @@ import torch
 
 from agf.ingest import collect, ingest
 from agf.ingest.metadata import read_files
+from agf.ingest.pipeline import ExtractConfig, warm_up
 from agf.ingest.synth import write_corpus
 from agf.models.factors import FactorParams, build_factors, default_sources
 from agf.models.tag import STAGES, Tagger
 from agf.models.train import TrainParams, embed, train_cnn
 from agf.models.transfer import TransferParams, train_transfer
 from agf.store import Store
+from agf.store.store import DEFAULT_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 GAME_MUSIC = ROOT.parent / "shared" / "data" / "game-music"
@@ -50,15 +56,15 @@ def trained_store(root: Path) -> Path:
     return root / "store"
 
 
-def run(store_dir: Path, files: list[Path], chunk_size: int, workers: int, device: str) -> dict:
+def run(store_dir: Path, files: list[Path], chunk_size: int, workers: int, device: str, precision: str) -> dict:
     candidates = read_files(files)
     with Store.open(store_dir, write=True) as store:
-        tagger = Tagger(store, device=device)
+        tagger = Tagger(store, device=device, precision=precision)
         started = time.perf_counter()
         rows = list(tagger.tag(candidates, chunk_size=chunk_size, workers=workers, quiet=True))
         seconds = time.perf_counter() - started
     assert all(r["error"] is None for r in rows), [r["error"] for r in rows if r["error"]]
-    return {"tracks_per_s": len(rows) / seconds, "seconds": seconds, "cnns": len(tagger.cnns),
+    return {"tracks_per_s": len(rows) / seconds, "seconds": seconds, "cnns": len(tagger.cnns), "precision": tagger.precision,
             "shares": {s: tagger.seconds[s] / seconds for s in STAGES}}
 
 
@@ -70,16 +76,20 @@ def main() -> None:
     files = sorted(GAME_MUSIC.rglob("*.mp3"))[: args.files]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        warm_up(ExtractConfig.of(DEFAULT_CONFIG))
+        print(f"feature code warm-up, once per process: {time.perf_counter() - started:.1f} s", flush=True)
         trained = trained_store(Path(tmp))
-        plans = [("batched", files, 256, 0)] + [("one at a time", files[: args.baseline_files], 1, 1)]
+        plans = [("batched", files, 256, 0, "auto"), ("batched fp32", files, 256, 0, "fp32"),
+                 ("one at a time", files[: args.baseline_files], 1, 1, "fp32")]
         for device in devices:
-            for label, chosen, chunk, workers in plans:
-                copy = Path(tmp) / f"{device}-{chunk}"
+            for label, chosen, chunk, workers, precision in plans:
+                copy = Path(tmp) / f"{device}-{label.replace(' ', '-')}"
                 shutil.copytree(trained, copy)
-                result = run(copy, chosen, chunk, workers or None, device)
+                result = run(copy, chosen, chunk, workers or None, device, precision)
                 shares = ", ".join(f"{s} {100 * v:.0f}%" for s, v in result["shares"].items())
                 print(f"{device:4s} {label:14s}: {result['tracks_per_s']:6.2f} tracks/s over {len(chosen)} clips "
-                      f"({result['cnns']} CNNs; {shares})", flush=True)
+                      f"({result['cnns']} CNNs, {result['precision']}; {shares})", flush=True)
     peak = max(resource.getrusage(r).ru_maxrss for r in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
     print(f"peak memory: {peak:.0f} MB")
     if len(devices) == 1:

@@ -5,8 +5,9 @@ written to a real frame cache; then, per device:
 
 - training: one epoch of the genre CNN (``fit_cnn``), samples/s from its metrics;
 - embedding: clip embeddings of every track over all their 1-s patches, batched across tracks
-  (``clip_outputs``: 64 patches per forward on a CPU, 512 on a GPU) against the straightforward loop of one forward
-  per track (its ~30 patches), in the same run.
+  (``clip_outputs``: 64 patches per forward on a CPU, 512 on a GPU) at the default precision
+  (bfloat16 where the device has it natively) and in float32, against the straightforward
+  loop of one float32 forward per track (its ~30 patches), in the same run.
 
 Usage: python bench/train.py [--tracks 200]
 """
@@ -20,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from agf.models.train import TrainParams, clip_outputs, fit_cnn
+from agf.models.train import TrainParams, clip_outputs, fit_cnn, pick_precision
 from agf.store import FrameCache, Store
 
 
@@ -52,9 +53,12 @@ def main() -> None:
             print(f"{device:5s} training: {metrics['train_samples_per_s']:8.1f} samples/s "
                   f"(batch {params.batch_size}, {metrics['train_tracks'] * params.crops_per_track} samples)", flush=True)
             ids = list(range(1, args.tracks + 1))
-            for label, batch in (("batched across tracks", None), ("one forward per track", 1)):
+            default = pick_precision(torch.device(device))
+            plans = [(f"batched, {default}", None, default), ("batched, fp32", None, "fp32"),
+                     ("one forward per track", 1, "fp32")]
+            for label, batch, precision in plans[1:] if default == "fp32" else plans:
                 started = time.perf_counter()
-                clip_outputs(model, spectra, ids, torch.device(device), batch_patches=batch)
+                clip_outputs(model, spectra, ids, torch.device(device), batch_patches=batch, precision=precision)
                 seconds = time.perf_counter() - started
                 print(f"{device:5s} embedding, {label:22s}: {args.tracks / seconds:7.1f} tracks/s "
                       f"({args.tracks * len(spectra.patches(1)) / seconds:8.1f} patches/s)", flush=True)

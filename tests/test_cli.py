@@ -1,7 +1,12 @@
 """The CLI as users meet it: output formats, one-line errors, info, and the demo end to end."""
 
+import io
 import json
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agf.output import render
 from agf.store import Store
 
 
@@ -83,3 +88,18 @@ def test_demo_quick_runs_end_to_end(tmp_path, cli):
     # One artist per genre held out (8 x 4 tracks), predicted once (tagging replaced, not doubled), and the newcomer.
     assert len(evaluated) == len({e["track_id"] for e in evaluated}) == 8 * 4 + 1
     assert (tmp_path / "corpus" / "report" / "confusion.png").exists()
+
+
+CELLS = st.one_of(st.none(), st.integers(), st.floats(), st.text(), st.lists(st.integers(), max_size=6),
+                  st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=4, unique=True).flatmap(
+    lambda keys: st.lists(st.fixed_dictionaries({k: CELLS for k in keys}), max_size=5)),
+    st.sampled_from(["json", "csv", "table"]))
+def test_rows_streamed_one_by_one_print_exactly_as_a_list_of_them_does(rows, fmt):
+    whole, streamed = io.StringIO(), io.StringIO()
+    render(rows, fmt, whole)
+    render(iter(rows), fmt, streamed)
+    assert streamed.getvalue() == whole.getvalue()

@@ -10,6 +10,7 @@ from agf.errors import AgfError
 from agf.ingest import collect, ingest
 from agf.ingest import pipeline
 from agf.store import Store
+from agf.store.store import DEFAULT_CONFIG
 
 from fma_fixture import write_fma
 
@@ -265,3 +266,13 @@ def test_metadata_that_is_not_utf8_is_read_not_fatal(tmp_path, small_corpus):
     assert names == ["Sigur R\ufffds", "Bj\xf6rk"]  # bad UTF-8 becomes U+FFFD; Latin-1 ID3 tags decode
     assert store.query("SELECT t.title, a.name FROM tracks t JOIN artists a USING (artist_id)").to_pylist() == [
         {"title": "J\xf3ga", "name": "Bj\xf6rk"}]
+
+
+def test_the_parent_warms_the_feature_code_once_before_workers_fork(monkeypatch):
+    calls = []
+    monkeypatch.setattr(pipeline, "_WARM", set())
+    monkeypatch.setattr(pipeline, "_features", lambda spectra, config: calls.append(config.features))
+    config = pipeline.ExtractConfig.of(DEFAULT_CONFIG, ("mfcc", "essentia"))
+    pipeline.warm_up(config)
+    pipeline.warm_up(config)
+    assert calls == [("mfcc",)]  # once per process; essentia decodes files itself and is not warmed

@@ -1,8 +1,11 @@
 """``agf tag``: new music in, genre predictions out, equal to what evaluation scored."""
 
 import csv
+import io
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -116,3 +119,48 @@ def test_a_manifest_gives_tagged_files_their_artist_and_title(store_copy, cli, t
                              "WHERE track_id IN (SELECT unnest(?::BIGINT[])) ORDER BY 1, 2",
                              [[r["track_id"] for r in rows]]).to_pylist()
     assert [(r["name"], r["title"]) for r in stored] == expected
+
+
+def test_bfloat16_tagging_ranks_genres_as_float32_does(trained, game_music, cli, tmp_path):
+    files = sorted(game_music.rglob("*.mp3"))[3::32]
+    tagged = {}
+    for precision in ("fp32", "bf16"):
+        store_dir = tmp_path / precision
+        shutil.copytree(trained["store"], store_dir)
+        out = cli("tag", *files, "--precision", precision, "--store", store_dir, "--json", "--quiet")
+        assert out.exit_code == 0, out.output
+        with Store.open(store_dir) as store:  # track ids follow the workers' finishing order: match by path
+            vectors = store.query("SELECT vector FROM embeddings JOIN tracks USING (track_id) WHERE path IN "
+                                  "(SELECT unnest(?::VARCHAR[])) ORDER BY model_id, path", [list(map(str, files))])
+            ranked = store.query("SELECT genre, probability, rank FROM predictions JOIN tracks USING (track_id) "
+                                 "WHERE path IN (SELECT unnest(?::VARCHAR[])) ORDER BY path, rank", [list(map(str, files))])
+        tagged[precision] = np.asarray(vectors["vector"].to_pylist()), ranked.to_pylist()
+    (exact, exact_rows), (fast, fast_rows) = tagged["fp32"], tagged["bf16"]
+    assert exact.shape == fast.shape == (2 * len(files), 256)  # two CNNs per track
+    cosine = (exact * fast).sum(axis=1) / np.linalg.norm(exact, axis=1) / np.linalg.norm(fast, axis=1)
+    assert cosine.min() > 0.999 and not np.array_equal(exact, fast)
+    assert [r["genre"] for r in exact_rows if r["rank"] == 1] == [r["genre"] for r in fast_rows if r["rank"] == 1]
+    assert np.allclose([r["probability"] for r in exact_rows], [r["probability"] for r in fast_rows], atol=0.02)
+
+
+def test_rows_stream_out_chunk_by_chunk_and_a_closed_pipe_stops_tagging_cleanly(store_copy, game_music):
+    files = [str(f) for f in sorted(game_music.rglob("*.mp3"))[:8]]
+    command = [sys.executable, "-m", "agf.cli", "tag", *files, "--chunk-size", "1", "--csv", "--quiet",
+               "--store", str(store_copy)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    header, first = process.stdout.readline(), process.stdout.readline()  # `agf tag ... --csv | head -n 2`
+    process.stdout.close()
+    _, errors = process.communicate(timeout=300)
+    assert header.startswith("path,track_id,genre,probability,top,error") and first.startswith(files[0])
+    assert process.returncode == 1 and errors == ""  # no traceback: the reader left, so tagging stopped
+    tagged = len(_predictions(store_copy, "track_id > 45"))  # the fixture's 45 tracks come first
+    assert tagged % 3 == 0 and 3 <= tagged < 8 * 3  # every chunk written out was committed first
+
+
+def test_streamed_json_and_csv_read_as_the_table_does(store_copy, game_music, cli):
+    files = sorted(game_music.rglob("*.mp3"))[:3]
+    rows = json.loads(cli("tag", *files, "--chunk-size", "2", "--store", store_copy, "--json", "--quiet").stdout)
+    csv_rows = list(csv.DictReader(io.StringIO(cli("tag", *files, "--store", store_copy, "--csv", "--quiet").stdout)))
+    table = cli("tag", *files, "--store", store_copy, "--quiet").stdout.splitlines()
+    assert [r["path"] for r in rows] == [r["path"] for r in csv_rows] == list(map(str, files))
+    assert [r["genre"] for r in rows] == [r["genre"] for r in csv_rows] == [line.split()[2] for line in table[2:]]

@@ -10,7 +10,8 @@ from agf.ingest import collect, ingest
 from agf.ingest.synth import write_corpus
 from agf.models.cnn import GenreCNN, inference_copy, kl_divergence, soft_cross_entropy
 from agf.models.factors import FactorParams, build_factors
-from agf.models.train import TrainParams, all_tracks, clip_outputs, fit_cnn, load_cnn, save_cnn
+from agf.errors import AgfError
+from agf.models.train import TrainParams, all_tracks, clip_outputs, fit_cnn, load_cnn, pick_precision, save_cnn
 from agf.store import Store
 
 QUICK = TrainParams(epochs=2, crops_per_track=2, batch_size=16, patience=2)
@@ -52,19 +53,48 @@ def test_the_cnn_has_the_published_shape():
         (16, (5, 5)), (32, (3, 3)), (64, (3, 3)), (64, (3, 3)), (128, (3, 3)), (256, (3, 3)), (256, (1, 1))]
 
 
-def test_the_fast_inference_copy_computes_what_the_network_does():
+def _evaluation_model() -> GenreCNN:
     torch.manual_seed(0)
     model = GenreCNN(8)
     for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d)):
         norm.running_mean.uniform_(-0.5, 0.5)  # trained statistics, not the identity of a fresh layer
         norm.running_var.uniform_(0.5, 2.0)
-    model.eval()
+    return model.eval()
+
+
+def test_the_fast_inference_copy_computes_what_the_network_does():
+    model = _evaluation_model()
     x = torch.randn(20, 1, 128, 43)
     fast = inference_copy(model)
     with torch.no_grad():
         assert torch.allclose(fast(x.contiguous(memory_format=torch.channels_last)), model(x), atol=1e-5)
         assert torch.allclose(fast.embed(x[:, :, :, :37]), model.embed(x[:, :, :, :37]), atol=1e-5)  # odd sizes too
     assert model.training is False and isinstance(model.features[0][1], torch.nn.BatchNorm2d)  # the original is untouched
+
+
+def test_bfloat16_inference_stays_within_half_a_percent_and_does_not_depend_on_the_batch():
+    model = _evaluation_model()
+    x = torch.randn(40, 1, 128, 43)
+    fast = inference_copy(model, "bf16")
+    with torch.no_grad():
+        exact, approximate = model.embed(x), fast.embed(x.contiguous(memory_format=torch.channels_last))
+        alone = torch.cat([fast.embed(x[i : i + 7].contiguous(memory_format=torch.channels_last)) for i in range(0, 40, 7)])
+    assert approximate.dtype == torch.float32
+    assert (approximate - exact).abs().max() < 0.005 * exact.abs().max()
+    assert torch.nn.functional.cosine_similarity(approximate, exact).min() > 0.9999
+    assert torch.allclose(alone, approximate, atol=1e-5)  # a track's embedding is not moved by its batch-mates
+
+
+def test_auto_precision_is_bfloat16_only_where_the_cpu_has_it(monkeypatch):
+    cpu = torch.device("cpu")
+    assert pick_precision(cpu, "fp32") == "fp32" and pick_precision(cpu, "bf16") == "bf16"
+    for flag in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, flag, lambda: False, raising=False)
+    assert pick_precision(cpu) == "fp32"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert pick_precision(cpu) == "bf16"
+    with pytest.raises(AgfError, match="unknown precision 'fp16'; choose auto, fp32, bf16"):
+        pick_precision(cpu, "fp16")
 
 
 def test_an_agf_network_learns_soft_targets_and_its_checkpoint_reloads_identically(trainable):

@@ -74,6 +74,7 @@ class Spectra:
         self.sr = sr
         self.path, self.clip = path, clip
         self._stft: dict[tuple[int, int], np.ndarray] = {}
+        self._log_mel: dict[tuple[int, int, int], np.ndarray] = {}
 
     def stft(self, n_fft: int, hop_length: int) -> np.ndarray:
         """Magnitude STFT (1 + n_fft // 2, n_frames); a hop that is a multiple of a cached hop
@@ -88,10 +89,12 @@ class Spectra:
         return self._stft[key]
 
     def log_mel(self, n_fft: int, hop_length: int, n_mels: int) -> np.ndarray:
-        """Log-amplitude mel spectrogram in dB, (n_mels, n_frames)."""
-        power = self.stft(n_fft, hop_length) ** 2
-        mel = librosa.feature.melspectrogram(S=power, sr=self.sr, n_mels=n_mels)
-        return librosa.power_to_db(mel)
+        """Log-amplitude mel spectrogram in dB, (n_mels, n_frames); computed once per parameters."""
+        key = (n_fft, hop_length, n_mels)
+        if key not in self._log_mel:
+            power = self.stft(n_fft, hop_length) ** 2
+            self._log_mel[key] = librosa.power_to_db(librosa.feature.melspectrogram(S=power, sr=self.sr, n_mels=n_mels))
+        return self._log_mel[key]
 
     @cached_property
     def cqt(self) -> np.ndarray:

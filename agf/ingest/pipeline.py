@@ -11,7 +11,7 @@ import os
 import signal
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,12 @@ class ExtractConfig:
     frames: dict
     features: tuple[str, ...]
 
+    @classmethod
+    def of(cls, store_config: dict, features: tuple[str, ...] = DEFAULT_FEATURES) -> "ExtractConfig":
+        """From a store's configuration (``Store.config``)."""
+        return cls(int(store_config["sample_rate"]), float(store_config["clip_seconds"]), store_config["frames"],
+                   tuple(features))
+
 
 # -- the worker side ------------------------------------------------------------------------------
 
@@ -89,15 +95,38 @@ def extract(path: Path, config: ExtractConfig) -> dict:
     start = max(0.0, (duration - config.clip_seconds) / 2)
     spectra = Spectra(y, config.sample_rate, path=path, clip=(start, start + len(y) / config.sample_rate))
     try:
-        with np.errstate(over="ignore", invalid="ignore"):  # out-of-range audio is caught just below
-            # float16 here, as stored: half the bytes to send back to the parent
-            frames = {kind: fn(spectra, **config.frames[kind]).astype(np.float16) for kind, fn in FRAME_EXTRACTORS.items()}
-            vectors = {name: VECTOR_EXTRACTORS[name](spectra, config.frames["logmel"]) for name in config.features}
+        frames, vectors = _features(spectra, config)
     except Exception as exc:  # noqa: BLE001 - any failure of one file is that file's error row
         raise AudioError("features", f"{type(exc).__name__}: {exc}") from None
     if not all(np.isfinite(a).all() for a in (*frames.values(), *vectors.values())):
         raise AudioError("features", "features are not finite: the samples lie far outside [-1, 1]")
     return {"native_rate": native_rate, "duration_s": duration, "frames": frames, "vectors": vectors}
+
+
+def _features(spectra: Spectra, config: ExtractConfig) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    with np.errstate(over="ignore", invalid="ignore"):  # out-of-range audio is caught by the caller
+        # float16 here, as stored: half the bytes to send back to the parent
+        frames = {kind: fn(spectra, **config.frames[kind]).astype(np.float16) for kind, fn in FRAME_EXTRACTORS.items()}
+        vectors = {name: VECTOR_EXTRACTORS[name](spectra, config.frames["logmel"]) for name in config.features}
+    return frames, vectors
+
+
+_WARM: set[tuple[str, ...]] = set()
+
+
+def warm_up(config: ExtractConfig) -> None:
+    """Run the feature code once on a second of noise, in this process, before workers fork.
+
+    The first file a fresh process extracts costs ~2 s more than the rest (librosa's and
+    SciPy's lazy imports, numba's cache loads); forked workers inherit a warm parent instead of
+    each paying that on every chunk. Essentia decodes files itself and is not warmed.
+    """
+    features = tuple(f for f in config.features if f != "essentia")
+    if features in _WARM:
+        return
+    noise = np.random.default_rng(0).uniform(-0.5, 0.5, config.sample_rate).astype(np.float32)
+    _features(Spectra(noise, config.sample_rate), replace(config, features=features))
+    _WARM.add(features)
 
 
 def _work(index: int, path: str, config: ExtractConfig, check_known: bool) -> tuple:
@@ -240,7 +269,7 @@ def ingest(
     ids.add_genre_tree(genre_tree or [])
     next_track = [max(known.values(), default=0) + 1]
     caches = {kind: FrameCache(store.root, kind) for kind in FRAME_EXTRACTORS}
-    config = ExtractConfig(store.sample_rate, float(store.config["clip_seconds"]), store.config["frames"], tuple(features))
+    config = ExtractConfig.of(store.config, features)
     seen: dict[str, int] = {}  # audio sha256 -> track id, for duplicates within this run
     batch = _Batch()
 
@@ -332,6 +361,7 @@ def _results(candidates: list[Candidate], config: ExtractConfig, workers: int, c
         for index, c in enumerate(candidates):
             yield _work(index, str(c.path), config, check_known)
         return
+    warm_up(config)
     pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(known,))
     try:
         pending = set()

@@ -54,15 +54,35 @@ class GenreCNN(nn.Module):
 
 
 class _PairMaxPool(nn.Module):
-    """Max-pooling over pairs of rows, (2, 1): the same as ``nn.MaxPool2d((2, 1))``, ~3x faster on
-    channels-last CPU tensors, where PyTorch's kernel also computes indices it does not need."""
+    """Max-pooling over pairs of rows, (2, 1), or of rows then columns, (2, 2): the same as
+    ``nn.MaxPool2d``, and faster on channels-last CPU tensors (~3x for (2, 1)), where PyTorch's
+    kernel also computes indices it does not need."""
+
+    def __init__(self, columns: bool):
+        super().__init__()
+        self.columns = columns
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.shape[2] // 2 * 2
-        return torch.maximum(x[:, :, 0:rows:2], x[:, :, 1:rows:2])
+        x = torch.maximum(x[:, :, 0:rows:2], x[:, :, 1:rows:2])
+        if not self.columns:
+            return x
+        columns = x.shape[3] // 2 * 2
+        return torch.maximum(x[:, :, :, 0:columns:2], x[:, :, :, 1:columns:2])
 
 
-def inference_copy(model: GenreCNN) -> GenreCNN:
+class _BFloat16(nn.Module):
+    """Runs ``inner`` in bfloat16 (its weights converted once) and hands back float32."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner.to(torch.bfloat16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.to(torch.bfloat16)).float()
+
+
+def inference_copy(model: GenreCNN, precision: str = "fp32") -> GenreCNN:
     """An evaluation-mode copy rearranged for speed, computing the same function as ``model.eval()``.
 
     Each batch norm is folded into its convolution; ELU moves after max-pooling (ELU is
@@ -70,17 +90,24 @@ def inference_copy(model: GenreCNN) -> GenreCNN:
     dropout, a no-op in evaluation, is dropped; tensors are channels-last (oneDNN's layout).
     Together about 2.5x faster on CPU; outputs agree to float rounding (~1e-7). Inputs should be
     ``contiguous(memory_format=torch.channels_last)``.
+
+    ``precision='bf16'`` runs the convolutions in bfloat16 (float32 accumulation) and the
+    pooling to the embedding in float32: ~1.5x faster again on a CPU with AVX512-BF16, with
+    embeddings that move by ~0.2-0.5 % of their scale (cosine similarity > 0.999).
     """
     fused = copy.deepcopy(model).eval()
     for block in fused.features:
         conv, batch_norm, pool = block[0], block[1], next((m for m in block if isinstance(m, nn.MaxPool2d)), None)
-        if pool is not None and pool.kernel_size == (2, 1):
-            pool = _PairMaxPool()
+        if pool is not None:
+            pool = _PairMaxPool(columns=pool.kernel_size == (2, 2))
         layers = [fuse_conv_bn_eval(conv, batch_norm)] + ([pool] if pool is not None else []) + [nn.ELU(inplace=True)]
         block._modules.clear()
         for i, layer in enumerate(layers):
             block.add_module(str(i), layer)
-    return fused.to(memory_format=torch.channels_last)
+    fused = fused.to(memory_format=torch.channels_last)
+    if precision == "bf16":
+        fused.features = _BFloat16(fused.features)
+    return fused
 
 
 class TransferMLP(nn.Module):

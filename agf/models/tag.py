@@ -15,7 +15,8 @@ import pyarrow as pa
 from agf.errors import AgfError
 from agf.ingest import Candidate, ingest
 from agf.engine import LOCAL, Engine
-from agf.models.train import embedding_chunks, embedding_rows, load_cnn, pick_device, prediction_rows, unembedded
+from agf.models.train import (embedding_chunks, embedding_rows, load_cnn, pick_device, pick_precision,
+                              prediction_rows, unembedded)
 from agf.models.transfer import load_transfer, transfer_probabilities
 from agf.progress import progress_bar
 from agf.store import Store
@@ -30,7 +31,8 @@ class Tagger:
     ``seconds`` accumulates the time spent per stage (:data:`STAGES`).
     """
 
-    def __init__(self, store: Store, model_id: str | None = None, device: str = "auto", engine: Engine = LOCAL):
+    def __init__(self, store: Store, model_id: str | None = None, device: str = "auto", engine: Engine = LOCAL,
+                 precision: str = "auto"):
         self.store = store
         self.model_id = model_id or _latest_transfer(store)
         try:
@@ -39,6 +41,7 @@ class Tagger:
             raise AgfError(f"cannot load transfer model {self.model_id}: {exc}") from None
         self.classes = self.transfer[1]["classes"]
         self.device, self.engine = device, engine
+        self.precision = precision if engine.is_ray else pick_precision(pick_device(device), precision)
         # Locally the CNNs are loaded once here; on Ray, each actor loads its own.
         self.cnns = {m: None if engine.is_ray else load_cnn(store, m, pick_device(device))[:2]
                      for m in self.transfer[1]["models"]}
@@ -84,11 +87,11 @@ class Tagger:
         started = time.perf_counter()
         tables = [embedding_rows(model_id, chunk_ids, vectors) for model_id, loaded in self.cnns.items()
                   for chunk_ids, vectors in embedding_chunks(self.store, model_id, unembedded(self.store, model_id, ids),
-                                                             self.device, self.engine, loaded)]
+                                                             self.device, self.engine, loaded, precision=self.precision)]
         self._lap("embed", started)
         if tables:
             started = time.perf_counter()
-            self.store.write(append={"embeddings": pa.concat_tables(tables)}, params={"models": list(self.cnns)})
+            self.store.write(append={"embeddings": pa.concat_tables(tables)}, params={"models": list(self.cnns), "precision": self.precision})
             self._lap("write", started)
         started = time.perf_counter()
         _, probabilities = transfer_probabilities(self.store, self.model_id, ids, self.transfer)

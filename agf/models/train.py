@@ -53,6 +53,26 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def pick_precision(device: torch.device, requested: str = "auto") -> str:
+    """The arithmetic of CNN inference on ``device``: 'fp32' or 'bf16' (see :func:`inference_copy`).
+
+    'auto' is 'bf16' where the device computes bfloat16 natively (a CUDA GPU that supports it;
+    a CPU with AVX512-BF16 or AMX), else 'fp32', where bfloat16 would be emulated and slower.
+    """
+    if requested not in PRECISIONS:
+        raise AgfError(f"unknown precision {requested!r}; choose {', '.join(PRECISIONS)}")
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    else:  # private torch helpers: absent from some builds, so absent means no
+        native = any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return "bf16" if native else "fp32"
+
+
 def all_tracks(store: Store) -> list[dict]:
     return store.query("SELECT track_id, artist_id, genre_top, split FROM tracks ORDER BY track_id").to_pylist()
 
@@ -174,13 +194,14 @@ def _validation_loss(model, spectra, labelled, y, val, device) -> float:
 
 @torch.no_grad()
 def clip_outputs(model: GenreCNN, spectra: Spectrograms, track_ids: list[int], device: torch.device,
-                 batch_patches: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 batch_patches: int | None = None, precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Clip-level embeddings (n, 256) and probabilities (n, classes): means over every patch.
 
     Patches of consecutive tracks share forward passes of ``batch_patches`` (default 512 on a
     GPU; 64 on a CPU, where a batch whose activations fit in cache runs about 1.7x faster).
+    ``precision`` is chosen by :func:`pick_precision`.
     """
-    model = inference_copy(model)
+    model = inference_copy(model, pick_precision(device, precision))
     batch_patches = batch_patches or (512 if device.type == "cuda" else 64)
     embeddings = np.zeros((len(track_ids), EMBEDDING_DIM), np.float32)
     probabilities = np.zeros((len(track_ids), model.n_outputs), np.float32)
@@ -190,10 +211,9 @@ def clip_outputs(model: GenreCNN, spectra: Spectrograms, track_ids: list[int], d
         if not pending:
             return
         x = torch.from_numpy(np.concatenate(pending)[:, None]).to(device).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            emb = model.embed(x)
-            prob = torch.softmax(model.head(emb).float(), dim=1)
-        emb, prob = emb.float().cpu().numpy(), prob.cpu().numpy()
+        emb = model.embed(x)
+        prob = torch.softmax(model.head(emb), dim=1)
+        emb, prob = emb.cpu().numpy(), prob.cpu().numpy()
         owner = np.concatenate(owners)
         for row in np.unique(owner):
             mask = owner == row
@@ -243,21 +263,24 @@ def cnn_models(store: Store, spec: str = "all") -> list[str]:
     return ids
 
 
-def embed(store: Store, spec: str = "all", device: str = "auto", engine: Engine = LOCAL, quiet: bool = False) -> list[dict]:
+def embed(store: Store, spec: str = "all", device: str = "auto", engine: Engine = LOCAL, quiet: bool = False,
+          precision: str = "auto") -> list[dict]:
     """Write the clip embeddings of every track not yet embedded by each chosen CNN.
 
     A part is committed per chunk of 2,048 tracks: an interruption keeps what is done.
     """
     results = []
     where = "a Ray cluster" if engine.is_ray else pick_device(device)
+    arithmetic = precision if engine.is_ray else pick_precision(where, precision)
     for model_id in cnn_models(store, spec):
         started = time.perf_counter()
         todo = unembedded(store, model_id)
-        for ids, vectors in embedding_chunks(store, model_id, todo, device, engine):
-            store.write(append={"embeddings": embedding_rows(model_id, ids, vectors)}, params={"model_id": model_id})
+        for ids, vectors in embedding_chunks(store, model_id, todo, device, engine, precision=precision):
+            store.write(append={"embeddings": embedding_rows(model_id, ids, vectors)},
+                        params={"model_id": model_id, "precision": arithmetic})
         seconds = time.perf_counter() - started
-        say(f"embedded {len(todo)} tracks with {model_id} on {where} in {seconds:.1f} s", quiet)
-        results.append({"model_id": model_id, "embedded": len(todo), "seconds": round(seconds, 2),
+        say(f"embedded {len(todo)} tracks with {model_id} on {where} ({arithmetic}) in {seconds:.1f} s", quiet)
+        results.append({"model_id": model_id, "embedded": len(todo), "precision": arithmetic, "seconds": round(seconds, 2),
                         "tracks_per_s": round(len(todo) / seconds, 1) if todo else None})
     return results
 
@@ -271,22 +294,23 @@ def unembedded(store: Store, model_id: str, track_ids: list[int] | None = None) 
 
 
 def embedding_chunks(store: Store, model_id: str, track_ids: list[int], device: str = "auto", engine: Engine = LOCAL,
-                     loaded: tuple | None = None, chunk: int = 2048) -> Iterator[tuple[list[int], np.ndarray]]:
+                     loaded: tuple | None = None, chunk: int = 2048, precision: str = "auto",
+                     ) -> Iterator[tuple[list[int], np.ndarray]]:
     """Clip embeddings of ``track_ids`` by ``model_id``: (track ids, (n, 256) float32) chunks.
 
     Locally with ``loaded`` (model, spectrogram reader) or the model loaded here; with a Ray
-    engine, by an actor pool on the cluster.
+    engine, by an actor pool on the cluster. ``precision`` as in :func:`pick_precision`.
     """
     if not track_ids:
         return  # nothing to embed: no model to load, no cluster work to start
     if engine.is_ray:
-        yield from ray_embeddings(engine, store.root, model_id, track_ids, device)
+        yield from ray_embeddings(engine, store.root, model_id, track_ids, device, precision)
         return
     chosen = pick_device(device)
     model, spectra = loaded or load_cnn(store, model_id, chosen)[:2]
     for start in range(0, len(track_ids), chunk):
         ids = track_ids[start : start + chunk]
-        yield ids, clip_outputs(model, spectra, ids, chosen)[0]
+        yield ids, clip_outputs(model, spectra, ids, chosen, precision=precision)[0]
 
 
 def embedding_rows(model_id: str, track_ids: list[int], vectors: np.ndarray):
