@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from agf.store import Store
+from killing import agf, kill_after_each_new_commit
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 
@@ -92,3 +93,18 @@ def test_an_unreachable_cluster_is_a_one_line_error(tmp_path, small_corpus):
                              str(tmp_path / "s")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr.strip() == (
         "Error: cannot reach the Ray cluster at 127.0.0.1:1: Connection refused")
+
+
+def test_a_ray_driver_killed_mid_ingest_loses_nothing_and_the_next_run_completes(local_cluster, small_corpus, tmp_path):
+    address = ray.get_runtime_context().gcs_address  # the killed drivers join this test's cluster
+    args = ["ingest", small_corpus.parent, "--manifest", small_corpus, "--features", "mfcc", "--part-size", "2",
+            "--engine", "ray", "--address", address, "--quiet", "--store"]
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    agf(*args, reference)
+    tracks = [c["tracks"] for c in kill_after_each_new_commit([*args, killed], killed)]
+    assert 0 < tracks[0] < tracks[1] < tracks[2] < 27  # each driver was killed mid-run, after committing more
+    agf(*args, killed)
+    query = "SELECT t.source_id, t.audio_sha256, f.vector FROM tracks t JOIN features_mfcc f USING (track_id) ORDER BY 1"
+    expected, got = (Store.open(root).query(query).to_pylist() for root in (reference, killed))
+    assert [(r["source_id"], r["audio_sha256"]) for r in got] == [(r["source_id"], r["audio_sha256"]) for r in expected]
+    assert len(got) == 27 and np.allclose([r["vector"] for r in got], [r["vector"] for r in expected], atol=1e-5)

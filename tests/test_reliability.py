@@ -10,59 +10,15 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from agf.models.similar import Similar
-from agf.store import SCHEMAS, Store
+from agf.store import Store
 from agf.store.index import load_index
-
-AGF = [sys.executable, "-m", "agf.cli"]
-KILLS = 3
-
-
-def agf(*args, check=True, **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run([*AGF, *map(str, args)], capture_output=True, text=True, **kwargs)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
-def every_table_reads(root: Path) -> dict[str, int]:
-    """Open the store as a reader and count every table through SQL and through the part footers."""
-    with Store.open(root) as store:
-        counts = {name: store.sql(f"SELECT count(*) AS n FROM {name}")["n"][0].as_py() for name in SCHEMAS}
-        assert counts == {name: store.count(name) for name in SCHEMAS}
-    return counts
-
-
-def kill_at_random_points(args: list, root: Path, seconds: float, seed: int) -> list[dict[str, int]]:
-    """Start ``agf *args`` KILLS times, SIGKILL it after a random fraction of ``seconds``; the
-    table counts after each kill."""
-    rng = np.random.default_rng(seed)
-    after = []
-    for delay in sorted(rng.uniform(0.3, 1.0, KILLS) * seconds):
-        process = subprocess.Popen([*AGF, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   start_new_session=True)
-        time.sleep(delay)
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass  # it finished first
-        process.wait()
-        after.append(every_table_reads(root))
-    return after
-
-
-def timed(args: list) -> float:
-    started = time.perf_counter()
-    agf(*args)
-    return time.perf_counter() - started
-
+from killing import AGF, agf, every_table_reads, kill_at_random_points, timed
 
 @pytest.fixture(scope="module")
 def factored(small_store, tmp_path_factory) -> Path:
