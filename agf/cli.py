@@ -339,6 +339,7 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Folder for report.json and confusion.png.")] = Path("agf-report"),
     split: Split = "auto",
     seed: Seed = 0,
+    precision: Precision = "auto",
     store: StoreDir = DEFAULT_STORE,
     as_report: Annotated[bool, typer.Option("--full", help="Print the whole report, per-genre scores included.")] = False,
     quiet: Quiet = False,
@@ -351,7 +352,7 @@ def evaluate(
     from agf.models.evaluate import summary_rows
     from agf.progress import say
 
-    report = run_evaluate(_open(store), split=split, seed=seed, out_dir=out)
+    report = run_evaluate(_open(store), split=split, seed=seed, out_dir=out, precision=precision)
     say(f"split {report['split']}: {report['test_tracks']} test tracks of {report['test_artists']} artists, "
         f"{report['test_artists_also_in_training']} of them also in training; report in {out}", quiet)
     return report if as_report else summary_rows(report)

@@ -145,6 +145,10 @@ def test_the_whole_learning_half_runs_and_is_evaluated_side_by_side(trainable, c
     assert (tmp_path / "report" / "confusion.png").stat().st_size > 1000
     random = cli("evaluate", "--split", "random", "--out", tmp_path / "r2", "--store", trainable, "--json", "--full")
     assert json.loads(random.stdout)["test_artists_also_in_training"] > 0  # said plainly, not hidden
+    exact = cli("evaluate", "--precision", "fp32", "--out", tmp_path / "r3", "--store", trainable, "--json", "--full")
+    exact = json.loads(exact.stdout)
+    assert exact["precision"] == "fp32" and report["precision"] in ("fp32", "bf16")
+    assert exact["models"]["baseline: logistic regression on fma"] == report["models"]["baseline: logistic regression on fma"]
 
 
 def test_too_few_labelled_tracks_is_a_clear_error(small_store, tmp_path, cli):

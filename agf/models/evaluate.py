@@ -13,7 +13,7 @@ import numpy as np
 
 from agf.errors import AgfError
 from agf.models.data import assign_splits
-from agf.models.train import all_tracks, genre_classes, load_cnn, clip_outputs, pick_device
+from agf.models.train import all_tracks, clip_outputs, genre_classes, load_cnn, pick_device, pick_precision
 from agf.models.transfer import transfer_probabilities
 from agf.store import Store
 from agf.store.models import latest_model
@@ -59,8 +59,15 @@ def scores(y_true: list[str], probabilities: np.ndarray, classes: list[str]) -> 
     }
 
 
-def evaluate(store: Store, split: str = "auto", seed: int = 0, out_dir: Path | None = None) -> dict:
-    """Score every stored genre model on the test split; write report.json and confusion.png."""
+def evaluate(store: Store, split: str = "auto", seed: int = 0, out_dir: Path | None = None,
+             precision: str = "auto") -> dict:
+    """Score every stored genre model on the test split; write report.json and confusion.png.
+
+    ``precision`` is the genre CNN's arithmetic (:func:`pick_precision`); the transfer MLP reads
+    the stored embeddings.
+    """
+    device = pick_device()
+    precision = pick_precision(device, precision)
     tracks = all_tracks(store)
     splits = assign_splits(tracks, split, seed)
     classes = genre_classes(tracks)
@@ -73,7 +80,7 @@ def evaluate(store: Store, split: str = "auto", seed: int = 0, out_dir: Path | N
     models: dict[str, np.ndarray] = {}
     if (row := latest_model(store, "cnn", "genre")) is not None:
         model, spectra, config = load_cnn(store, row["model_id"])
-        _, p = clip_outputs(model, spectra, test_ids, pick_device())
+        _, p = clip_outputs(model, spectra, test_ids, device, precision=precision)
         models[f"genre CNN ({row['model_id']})"] = _align(p, config["classes"], classes)
     if (row := latest_model(store, "transfer", "genre")) is not None:
         model_classes, p = transfer_probabilities(store, row["model_id"], test_ids)
@@ -82,7 +89,7 @@ def evaluate(store: Store, split: str = "auto", seed: int = 0, out_dir: Path | N
     if baseline is not None:
         models[f"baseline: logistic regression on {feature}"] = baseline
     report = {
-        "split": split, "seed": seed, "classes": classes, "test_tracks": len(test),
+        "split": split, "seed": seed, "precision": precision, "classes": classes, "test_tracks": len(test),
         "test_artists": len({t["artist_id"] for t in test}),
         "test_artists_also_in_training": len({t["artist_id"] for t in test} & train_artists),
         "models": {name: scores(y_true, p, classes) for name, p in models.items()},
