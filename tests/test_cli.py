@@ -38,6 +38,8 @@ def test_user_errors_are_one_line_with_a_non_zero_exit(small_store, tmp_path, cl
         ("sql", "SELEC 1", "--store", small_store): "Error: Parser Error",
         ("sql", "DELETE FROM tracks", "--store", small_store): "Error: agf sql is read-only: DELETE statements are not allowed",
         ("compact", "--table", "nope", "--store", small_store): "Error: unknown table 'nope'",
+        ("embed", "--precision", "fp16", "--store", small_store): "Error: unknown precision 'fp16'; choose auto, fp32, bf16",
+        ("evaluate", "--precision", "half", "--store", small_store): "Error: unknown precision 'half'",
     }
     for args, message in cases.items():
         out = cli(*args)
