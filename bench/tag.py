@@ -16,12 +16,18 @@ Prints tracks/s, the share of time per stage and peak memory; on a GPU the same 
 The feature code is warmed up first and its one-off cost printed apart: a fresh process pays
 ~2 s of lazy imports once, which a long run amortises (``agf tag`` pays it on its first chunk).
 
-Usage: python bench/tag.py [--files 128] [--baseline-files 32]
+With ``--memory``, instead: peak memory of tagging 128 and then 1,024 distinct synthetic 10-s
+files (chunks of 128), each in a fresh process: it should not grow with the number of files.
+
+Usage: python bench/tag.py [--files 128] [--baseline-files 32] [--memory]
 """
 
 import argparse
+import json
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -61,18 +67,51 @@ def run(store_dir: Path, files: list[Path], chunk_size: int, workers: int, devic
     with Store.open(store_dir, write=True) as store:
         tagger = Tagger(store, device=device, precision=precision)
         started = time.perf_counter()
-        rows = list(tagger.tag(candidates, chunk_size=chunk_size, workers=workers, quiet=True))
+        done, errors = 0, []
+        for row in tagger.tag(candidates, chunk_size=chunk_size, workers=workers, quiet=True):  # streamed, as the CLI does
+            done, errors = done + 1, errors + ([row["error"]] if row["error"] else [])
         seconds = time.perf_counter() - started
-    assert all(r["error"] is None for r in rows), [r["error"] for r in rows if r["error"]]
-    return {"tracks_per_s": len(rows) / seconds, "seconds": seconds, "cnns": len(tagger.cnns), "precision": tagger.precision,
-            "shares": {s: tagger.seconds[s] / seconds for s in STAGES}}
+    assert not errors, errors
+    return {"files": done, "tracks_per_s": done / seconds, "seconds": seconds, "cnns": len(tagger.cnns),
+            "precision": tagger.precision, "shares": {s: tagger.seconds[s] / seconds for s in STAGES}}
+
+
+def peak_mb() -> float:
+    """Peak resident memory of this process or of its largest child (the ingest workers), MB."""
+    return max(resource.getrusage(r).ru_maxrss for r in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
+
+
+def memory(tmp: Path, trained: Path, sizes=(128, 1024), chunk_size: int = 128) -> None:
+    """Tag the first ``size`` of 1,024 distinct synthetic clips in a fresh process per size."""
+    manifest = write_corpus(tmp / "many", genres=8, artists=16, tracks=8, seconds=10.0, seed=7)
+    files = sorted(manifest.parent.rglob("*.flac"))
+    for size in sizes:
+        listing = tmp / f"files-{size}.txt"
+        listing.write_text("\n".join(map(str, files[:size])))
+        copy = tmp / f"memory-{size}"
+        shutil.copytree(trained, copy)
+        out = subprocess.run([sys.executable, __file__, "--measure", str(copy), str(listing), str(chunk_size)],
+                             capture_output=True, text=True, check=True).stdout
+        result = json.loads(out.splitlines()[-1])
+        print(f"memory: {result['files']:5d} files in chunks of {chunk_size}: peak {result['peak_mb']:.0f} MB, "
+              f"{result['tracks_per_s']:.1f} tracks/s", flush=True)
+
+
+def measure(store_dir: str, listing: str, chunk_size: str) -> None:
+    files = [Path(line) for line in Path(listing).read_text().splitlines()]
+    result = run(Path(store_dir), files, int(chunk_size), 0, "cpu", "auto")
+    print(json.dumps({"files": result["files"], "tracks_per_s": result["tracks_per_s"], "peak_mb": peak_mb()}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=128)
     parser.add_argument("--baseline-files", type=int, default=32)
+    parser.add_argument("--memory", action="store_true", help="Peak memory over 128 vs 1,024 files instead.")
+    parser.add_argument("--measure", nargs=3, help=argparse.SUPPRESS)  # the child process of --memory
     args = parser.parse_args()
+    if args.measure:
+        return measure(*args.measure)
     files = sorted(GAME_MUSIC.rglob("*.mp3"))[: args.files]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,6 +119,8 @@ def main() -> None:
         warm_up(ExtractConfig.of(DEFAULT_CONFIG))
         print(f"feature code warm-up, once per process: {time.perf_counter() - started:.1f} s", flush=True)
         trained = trained_store(Path(tmp))
+        if args.memory:
+            return memory(Path(tmp), trained)
         plans = [("batched", files, 256, 0, "auto"), ("batched fp32", files, 256, 0, "fp32"),
                  ("one at a time", files[: args.baseline_files], 1, 1, "fp32")]
         for device in devices:
@@ -90,8 +131,7 @@ def main() -> None:
                 shares = ", ".join(f"{s} {100 * v:.0f}%" for s, v in result["shares"].items())
                 print(f"{device:4s} {label:14s}: {result['tracks_per_s']:6.2f} tracks/s over {len(chosen)} clips "
                       f"({result['cnns']} CNNs, {result['precision']}; {shares})", flush=True)
-    peak = max(resource.getrusage(r).ru_maxrss for r in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
-    print(f"peak memory: {peak:.0f} MB")
+    print(f"peak memory: {peak_mb():.0f} MB")
     if len(devices) == 1:
         print("no CUDA device: GPU figures not measured")
 

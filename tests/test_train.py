@@ -1,6 +1,8 @@
 """The CNNs and the transfer classifier: the KL target, checkpoints, determinism, evaluation."""
 
+import gc
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import torch
 from agf.ingest import collect, ingest
 from agf.ingest.synth import write_corpus
 from agf.models.cnn import GenreCNN, inference_copy, kl_divergence, soft_cross_entropy
+from agf.models.data import Spectrograms
 from agf.models.factors import FactorParams, build_factors
 from agf.errors import AgfError
 from agf.models.train import TrainParams, all_tracks, clip_outputs, fit_cnn, load_cnn, pick_precision, save_cnn
@@ -160,3 +163,13 @@ def test_too_few_labelled_tracks_is_a_clear_error(small_store, tmp_path, cli):
     assert out.exit_code == 1
     assert out.output.strip() == ("Error: too few labelled tracks to train genre: 9 in the training split "
                                   "covering 3 class(es); need 10 tracks and 2 classes")
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc")
+def test_embedding_a_long_run_of_clips_keeps_none_of_their_files_mapped(trainable):
+    with Store.open(trainable) as store:
+        spectra = Spectrograms(store, np.zeros(128, np.float32), np.ones(128, np.float32))
+        clip_outputs(GenreCNN(4), spectra, [t["track_id"] for t in all_tracks(store)], torch.device("cpu"))
+        gc.collect()
+        mapped = [line for line in Path("/proc/self/maps").read_text().splitlines() if str(store.root) in line]
+    assert mapped == []  # each clip's frames were read once and let go: memory does not grow with the run

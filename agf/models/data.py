@@ -101,8 +101,13 @@ class Spectrograms:
         return self._standardise(_pad(frames[start : start + PATCH_FRAMES]))
 
     def patches(self, track_id: int) -> np.ndarray:
-        """Every consecutive patch of the clip, the last aligned to its end: (n, n_mels, 43)."""
-        frames = self.frames(track_id)
+        """Every consecutive patch of the clip, the last aligned to its end: (n, n_mels, 43).
+
+        Read past the cache of mapped files: inference reads each clip once, and a map kept
+        open would hold its pages in memory for the rest of a long run.
+        """
+        frames = self._open.get(track_id)
+        frames = self.cache.read(track_id) if frames is None else frames
         starts = list(range(0, max(1, len(frames) - PATCH_FRAMES + 1), PATCH_FRAMES))
         if len(frames) > PATCH_FRAMES and starts[-1] + PATCH_FRAMES < len(frames):
             starts.append(len(frames) - PATCH_FRAMES)
