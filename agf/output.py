@@ -96,24 +96,20 @@ def _stream(rows: Iterator[dict], fmt: str, out) -> None:
     CSV takes its columns from the first row, so every row should have the same keys.
     """
     first = next(rows, None)
-    if fmt == "json" and first is None:
-        out.write("[]\n")
-        return
+    rows = itertools.chain([first], rows) if first is not None else iter(())
     if fmt == "csv":
         writer, columns = csv.writer(out, lineterminator="\n"), list(first or {})
         writer.writerow(columns)
-        if first is None:
-            return
-    else:
-        out.write("[\n")
-    for index, row in enumerate(itertools.chain([first], rows)):
-        if fmt == "csv":
+        for row in rows:
             writer.writerow(_csv_cells(row, columns))
-        else:
-            out.write((",\n" if index else "") + textwrap.indent(json.dumps(_plain(row), indent=2, ensure_ascii=False), "  "))
+            out.flush()
+        return
+    opening = "[\n"
+    for row in rows:
+        out.write(opening + textwrap.indent(json.dumps(_plain(row), indent=2, ensure_ascii=False), "  "))
         out.flush()
-    if fmt == "json":
-        out.write("\n]\n")
+        opening = ",\n"
+    out.write("[]\n" if opening == "[\n" else "\n]\n")
 
 
 def _columns(rows: list[dict]) -> list[str]:

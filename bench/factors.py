@@ -53,7 +53,6 @@ def _corpus(root: Path, n_tracks: int, rng: np.random.Generator) -> list[dict]:
 
 
 def run_one(method: str, n_tracks: int, clusters: int, topics: int) -> dict:
-
     from agf.models import factors as F
 
     rng = np.random.default_rng(0)

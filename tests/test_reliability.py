@@ -20,6 +20,7 @@ from agf.store import Store
 from agf.store.index import load_index
 from killing import AGF, agf, every_table_reads, kill_at_random_points, timed
 
+
 @pytest.fixture(scope="module")
 def factored(small_store, tmp_path_factory) -> Path:
     """The small store with mfcc and tags factors: what an index is built from."""

@@ -15,8 +15,8 @@ import pyarrow as pa
 from agf.errors import AgfError
 from agf.ingest import Candidate, ingest
 from agf.engine import LOCAL, Engine
-from agf.models.train import (embedding_chunks, embedding_rows, load_cnn, pick_device, pick_precision,
-                              prediction_rows, unembedded)
+from agf.models.train import (embedding_chunks, embedding_rows, load_cnn, pick_device, prediction_rows,
+                              run_precision, unembedded)
 from agf.models.transfer import load_transfer, transfer_probabilities
 from agf.progress import progress_bar
 from agf.store import Store
@@ -41,7 +41,7 @@ class Tagger:
             raise AgfError(f"cannot load transfer model {self.model_id}: {exc}") from None
         self.classes = self.transfer[1]["classes"]
         self.device, self.engine = device, engine
-        self.precision = precision if engine.is_ray else pick_precision(pick_device(device), precision)
+        self.precision = run_precision(device, precision, engine)
         # Locally the CNNs are loaded once here; on Ray, each actor loads its own.
         self.cnns = {m: None if engine.is_ray else load_cnn(store, m, pick_device(device))[:2]
                      for m in self.transfer[1]["models"]}

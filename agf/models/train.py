@@ -73,6 +73,12 @@ def pick_precision(device: torch.device, requested: str = "auto") -> str:
     return "bf16" if native else "fp32"
 
 
+def run_precision(device: str, precision: str, engine: Engine = LOCAL) -> str:
+    """The precision a run records: resolved for this machine's device, or, on Ray, as asked
+    (each actor resolves 'auto' for its own device)."""
+    return precision if engine.is_ray else pick_precision(pick_device(device), precision)
+
+
 def all_tracks(store: Store) -> list[dict]:
     return store.query("SELECT track_id, artist_id, genre_top, split FROM tracks ORDER BY track_id").to_pylist()
 
@@ -271,7 +277,7 @@ def embed(store: Store, spec: str = "all", device: str = "auto", engine: Engine 
     """
     results = []
     where = "a Ray cluster" if engine.is_ray else pick_device(device)
-    arithmetic = precision if engine.is_ray else pick_precision(where, precision)
+    arithmetic = run_precision(device, precision, engine)
     for model_id in cnn_models(store, spec):
         started = time.perf_counter()
         todo = unembedded(store, model_id)
