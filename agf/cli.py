@@ -92,12 +92,15 @@ def _open(store: Path, write: bool = False, create: bool = False, **config):
 @app.command()
 @command
 def sql(query: Annotated[str, typer.Argument(help="A read-only SQL statement over the store's views.")],
+        timeout: Annotated[float | None, typer.Option(help="Interrupt the query after this many seconds.")] = None,
         store: StoreDir = DEFAULT_STORE):
-    """Run a read-only SQL query over the store's tables (DuckDB).
+    """Run a read-only SQL query over the store's tables (DuckDB), which can read no other file.
 
-    Example: agf sql "select genre_top, count(*) from tracks group by 1" --json
+    Example: agf sql "select genre_top, count(*) from tracks group by 1" --json --timeout 10
     """
-    return _open(store).sql(query)
+    if timeout is not None and timeout <= 0:
+        raise AgfError("--timeout must be a positive number of seconds")
+    return _open(store).sql(query, timeout=timeout)
 
 
 @app.command()
@@ -192,13 +195,13 @@ def ingest(
 def migrate(store: StoreDir = DEFAULT_STORE):
     """Upgrade a store written by an older agf to this version's format, in place.
 
+    Pickled factor models become array files. Do not migrate a store of unknown origin.
+
     Example: agf migrate --store ./agf-store
     """
-    from agf.store import Store
+    from agf.store.migrations import migrate as run_migrate
 
-    with Store.open(store, write=True) as opened:
-        return {"path": str(opened.root), "format_version_before": opened.found_version,
-                "format_version": opened.config["format_version"]}
+    return run_migrate(store)
 
 
 # -- factors ------------------------------------------------------------------------------------
@@ -405,6 +408,7 @@ def similar(
     track: Annotated[int | None, typer.Option(help="Find tracks similar to this track_id instead.")] = None,
     batch: Annotated[Path | None, typer.Option(help="Answer every query of a CSV/JSON file; JSON lines out.")] = None,
     store: StoreDir = DEFAULT_STORE,
+    quiet: Quiet = False,
 ):
     """Which artists sound like this one? Nearest artists by cosine similarity in a vector space.
 
@@ -413,7 +417,7 @@ def similar(
     from agf.models.similar import Similar, read_queries
 
     opened = _open(store)
-    service = Similar(opened)
+    service = Similar(opened, quiet=quiet)
     if batch is not None:
         for answer in service.batch(read_queries(batch), k, space, genre, min_tracks):
             typer.echo(json.dumps(answer, ensure_ascii=False))
@@ -524,6 +528,9 @@ def main() -> None:
         app()
     except BrokenPipeError:
         sys.stderr.close()
+    except KeyboardInterrupt:  # Ctrl-C before a command started (while libraries load): one line, no traceback
+        print("Error: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

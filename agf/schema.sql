@@ -1,5 +1,6 @@
 -- The agf catalog: one DuckDB view per store table, over that table's Parquet parts.
--- {parts:<table>} expands to read_parquet() over tables/<table>/*.parquet;
+-- {parts:<table>} expands to parts_<table>: the table's verified Parquet parts, registered as an
+-- Arrow dataset (DuckDB itself reads no file: see Store.connect);
 -- {vector:<table>} to FLOAT[n] once every vector in that table has the same n, else FLOAT[].
 -- Fixed-size vectors make array_cosine_similarity(a.vector, b.vector) work in user SQL.
 

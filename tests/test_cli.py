@@ -50,12 +50,12 @@ def test_user_errors_are_one_line_with_a_non_zero_exit(small_store, tmp_path, cl
 def test_info_lists_tables_frames_and_models(small_store, cli):
     out = cli("info", "--store", small_store, "--json")
     info = json.loads(out.stdout)
-    assert info["format_version"] == 2 and info["sample_rate"] == 22050
+    assert info["format_version"] == 3 and info["sample_rate"] == 22050
     rows = {t["table"]: t["rows"] for t in info["tables"]}
     assert rows["tracks"] == 27 and rows["features_fma"] == 27 and rows["artists"] == 9
     assert info["frames"]["logmel"]["tracks"] == 27
     text = cli("info", "--store", small_store).output
-    assert "features_fma" in text and "format_version: 2" in text
+    assert "features_fma" in text and "format_version: 3" in text
 
 
 def test_every_command_help_ends_with_an_example(cli):

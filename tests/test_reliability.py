@@ -205,7 +205,7 @@ def test_tampered_model_and_index_files_are_refused(factored, tmp_path, damage, 
     root = tmp_path / "store"
     shutil.copytree(factored, root)
     assert cli("index", "build", "--store", root, "--quiet").exit_code == 0
-    damaged = [*root.glob("models/*/model.pkl"), root / "indexes" / "artist-agf_mfcc.faiss"]
+    damaged = [*root.glob("models/*/model.npz"), root / "indexes" / "artist-agf_mfcc.faiss"]
     for path in damaged:
         data = bytearray(path.read_bytes())
         if damage == "truncate":
@@ -229,9 +229,9 @@ def test_an_older_store_says_what_to_run_and_migrates_in_place(small_store, tmp_
     (root / "commit.lock").unlink()  # what a version-1 store lacks
     out = cli("sql", "select count(*) as n from tracks", "--store", root)
     assert out.exit_code == 1 and out.output.strip() == (
-        f"Error: store {root} has format version 1, older than this agf's (2): "
+        f"Error: store {root} has format version 1, older than this agf's (3): "
         f"run `agf migrate --store {root}` to upgrade it in place")
     migrated = json.loads(cli("migrate", "--store", root, "--json").stdout)
-    assert migrated == {"path": str(root), "format_version_before": 1, "format_version": 2}
+    assert migrated == {"path": str(root), "format_version_before": 1, "format_version": 3}
     assert (root / "commit.lock").exists()
     assert json.loads(cli("sql", "select count(*) as n from tracks", "--store", root, "--json").stdout) == [{"n": 27}]

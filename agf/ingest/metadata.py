@@ -6,6 +6,7 @@ the genre tree. Readers never decode audio; a missing file becomes the pipeline'
 
 import ast
 import csv
+import stat
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,7 +266,8 @@ def _tagged(path: Path, source_id: str) -> Candidate:
     import mutagen
 
     try:
-        tags = mutagen.File(path, easy=True)
+        # only a regular file: a FIFO would block here; reading it later becomes an error row
+        tags = mutagen.File(path, easy=True) if stat.S_ISREG(path.stat().st_mode) else None
     except Exception:  # noqa: BLE001 - unreadable tags are not fatal; decoding decides
         tags = None
     genre = _tag(tags, "genre")

@@ -23,6 +23,7 @@ from agf.ingest.features import DEFAULT_FEATURES, FRAME_EXTRACTORS, VECTOR_EXTRA
 from agf.ingest.metadata import Candidate, GenreRow, slug
 from agf.progress import progress_bar
 from agf.store import SCHEMAS, FrameCache, Store, fixed_vectors, now_utc
+from agf.store.paths import open_regular
 
 
 @dataclass
@@ -79,7 +80,7 @@ def _init_worker(known_sha: frozenset) -> None:
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:  # a FIFO or a device would block or never end
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

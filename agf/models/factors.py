@@ -33,7 +33,7 @@ from scipy import sparse
 from agf.errors import AgfError
 from agf.progress import progress_bar, say
 from agf.store import FrameCache, Store, fixed_vectors
-from agf.store.models import latest_model, load_pickle, save_pickle
+from agf.store.models import flatten_state, latest_model, load_arrays, save_arrays, unflatten_state
 
 FRAME_SOURCES = ("mfcc", "dmfcc")
 VECTOR_SOURCES = ("fma", "essentia")
@@ -293,11 +293,48 @@ def _build_source(store: Store, source: str, tracks: list[dict], params: FactorP
         "artists_fit": len(fit_rows), "artists": len(artist_ids), "perplexity": round(perplexity, 2),
         "seconds": round(seconds, 2),
     }
-    model = {"dictionary": dictionary, "lda": lda, "params": asdict(params)}
-    model_id = save_pickle(store, KIND, source, model, {**asdict(params), "clusters_used": dictionary.size},
+    model_id = save_arrays(store, KIND, source, flatten_state({"dictionary": dictionary, "lda": lda}),
+                           {**asdict(params), "clusters_used": dictionary.size},
                            {k: summary[k] for k in ("perplexity", "artists_fit", "artists", "tracks", "seconds")})
     _write_rows(store, source, model_id, hist, artist_ids, bags, factors, replace_model=True)
     return {"model_id": model_id, **summary}
+
+
+def load_factor_model(store: Store, model_id: str):
+    """A stored factor model: its :class:`Dictionary` and the fitted LDA that projects bags.
+
+    Only arrays and JSON are read (``model.npz``); what the file holds is checked for shape
+    before it is used, so a file from a hostile store is an error, not a crash.
+    """
+    from sklearn.decomposition import LatentDirichletAllocation
+
+    state = unflatten_state(load_arrays(store, model_id))
+    try:
+        saved, fitted = state["dictionary"], state["lda"]
+        dictionary = Dictionary(str(saved["source"]), saved.get("mean"), saved.get("scale"), saved.get("centroids"),
+                                saved.get("vocabulary"))
+        components = np.asarray(fitted["components_"], np.float64)
+        lda = LatentDirichletAllocation(n_components=components.shape[0],
+                                        max_doc_update_iter=int(fitted["max_doc_update_iter"]),
+                                        mean_change_tol=float(fitted["mean_change_tol"]))
+        lda.components_, lda.n_features_in_ = components, components.shape[1]
+        lda.exp_dirichlet_component_ = np.asarray(fitted["exp_dirichlet_component_"], np.float64)
+        lda.doc_topic_prior_ = float(fitted["doc_topic_prior_"])
+        lda.topic_word_prior_ = float(fitted["topic_word_prior_"])
+        consistent = (components.ndim == 2 and lda.exp_dirichlet_component_.shape == components.shape
+                      and components.shape[1] == dictionary.size and _dictionary_consistent(dictionary))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise AgfError(f"factor model {model_id} is incomplete ({type(exc).__name__}: {exc})") from None
+    if not consistent:
+        raise AgfError(f"factor model {model_id} holds arrays of inconsistent shapes; it was damaged")
+    return dictionary, lda
+
+
+def _dictionary_consistent(dictionary: Dictionary) -> bool:
+    if dictionary.vocabulary is not None:
+        return isinstance(dictionary.vocabulary, dict) and all(isinstance(i, int) for i in dictionary.vocabulary.values())
+    width = dictionary.centroids.shape[1] if dictionary.centroids.ndim == 2 else -1
+    return dictionary.mean.shape == dictionary.scale.shape == (width,)
 
 
 def _write_rows(store: Store, source: str, model_id: str, hist: dict, artist_ids: list[int], bags, factors,
@@ -343,12 +380,12 @@ def update_factors(store: Store, sources: list[str] | None = None, quiet: bool =
             if sources:
                 raise AgfError(f"no {source} factors to update: run `agf factors build --source {source}` first")
             continue
-        model = load_pickle(store, row["model_id"])
+        dictionary, lda = load_factor_model(store, row["model_id"])
         points = None if source == "tags" else _Points(store, source)
         known = set(store.query("SELECT track_id FROM clusters WHERE model_id = ?", [row["model_id"]])["track_id"].to_pylist())
         usable = [t for t in tracks if source == "tags" or points.has(t["track_id"])]
         new_tracks = [t for t in usable if t["track_id"] not in known]
-        hist = histograms(model["dictionary"], points, new_tracks, quiet)
+        hist = histograms(dictionary, points, new_tracks, quiet)
         have = set(store.query("SELECT artist_id FROM agf WHERE model_id = ?", [row["model_id"]])["artist_id"].to_pylist())
         new_artists = {t["artist_id"] for t in usable} - have
         mine = [t for t in usable if t["artist_id"] in new_artists]
@@ -358,8 +395,8 @@ def update_factors(store: Store, sources: list[str] | None = None, quiet: bool =
         ).to_pylist()
         all_hist = {r["track_id"]: (np.asarray(r["cluster_ids"], np.int32), np.asarray(r["counts"], np.int32)) for r in stored}
         all_hist.update(hist)
-        artist_ids, bags, _ = artist_bags(mine, all_hist, model["dictionary"].size)
-        factors = model["lda"].transform(bags) if artist_ids else np.zeros((0, model["lda"].n_components))
+        artist_ids, bags, _ = artist_bags(mine, all_hist, dictionary.size)
+        factors = lda.transform(bags) if artist_ids else np.zeros((0, lda.n_components))
         _write_rows(store, source, row["model_id"], hist, artist_ids, bags, factors, replace_model=False)
         results.append({"source": source, "model_id": row["model_id"], "new_tracks": len(hist), "new_artists": len(artist_ids)})
     return results

@@ -72,13 +72,13 @@ def default_space(store: Store, level: str = "artist") -> str:
 class Similar:
     """Answers similar-artist and similar-track queries over one store's saved indexes."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, quiet: bool = False):
         self.store = store
         self.directory = ArtistDirectory(artist_rows(store))
         self.facts = self.directory.by_id
         stale = [f"{s['level']} {s['space']}" for s in index_status(store) if s["stale"]]
         if stale:
-            say(f"warning: index(es) older than their source data: {', '.join(stale)}; run `agf index build`")
+            say(f"warning: index(es) older than their source data: {', '.join(stale)}; run `agf index build`", quiet)
 
     def _allowed(self, ids: np.ndarray, exclude: int, genre: str | None, min_tracks: int) -> np.ndarray:
         keep = [i for i in ids.tolist() if i != exclude and self.facts[i]["tracks"] >= min_tracks

@@ -23,7 +23,7 @@ from agf.models.factors import SOURCES as AGF_SOURCES
 from agf.models.factors import current_factors
 from agf.progress import progress_bar, say
 from agf.store import Store, fixed_vectors, now_utc
-from agf.store.models import latest_model, load_payload, save_model
+from agf.store.models import latest_model, load_checkpoint, load_weights, save_model
 
 MIN_TRAINING_TRACKS = 10
 CNN_TARGETS = ("genre", *(f"agf:{s}" for s in AGF_SOURCES))
@@ -250,11 +250,9 @@ def save_cnn(store: Store, model: GenreCNN, spectra: Spectrograms, config: dict,
 
 def load_cnn(store: Store, model_id: str, device: torch.device | None = None) -> tuple[GenreCNN, Spectrograms, dict]:
     """A stored CNN (hash verified, ``weights_only`` load), its spectrogram reader, and config."""
-    _, payload = load_payload(store, model_id)
-    checkpoint = torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")
+    checkpoint = load_checkpoint(store, model_id)
     config = checkpoint["config"]
-    model = GenreCNN(len(config["classes"]), config["n_mels"])
-    model.load_state_dict(checkpoint["state_dict"])
+    model = load_weights(GenreCNN(len(config["classes"]), config["n_mels"]), checkpoint, model_id)
     spectra = Spectrograms(store, checkpoint["mean"].numpy(), checkpoint["std"].numpy())
     return model.to(device or pick_device()), spectra, config
 

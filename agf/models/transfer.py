@@ -15,7 +15,7 @@ from agf.models.train import MIN_TRAINING_TRACKS, all_tracks, cnn_models, genre_
 from agf.models.data import assign_splits
 from agf.progress import say
 from agf.store import Store
-from agf.store.models import load_payload, save_model
+from agf.store.models import load_checkpoint, load_weights, save_model
 
 
 @dataclass
@@ -112,11 +112,10 @@ def train_transfer(store: Store, params: TransferParams, quiet: bool = False) ->
 
 
 def load_transfer(store: Store, model_id: str) -> tuple[TransferMLP, dict, np.ndarray, np.ndarray]:
-    _, payload = load_payload(store, model_id)
-    checkpoint = torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")
+    checkpoint = load_checkpoint(store, model_id)
     config = checkpoint["config"]
-    model = TransferMLP(checkpoint["mean"].numel(), len(config["classes"]), config["hidden"])
-    model.load_state_dict(checkpoint["state_dict"])
+    model = load_weights(TransferMLP(checkpoint["mean"].numel(), len(config["classes"]), config["hidden"]), checkpoint,
+                         model_id)
     return model.eval(), config, checkpoint["mean"].numpy(), checkpoint["std"].numpy()
 
 

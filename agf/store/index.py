@@ -9,6 +9,7 @@ the CPU, so a saved index is the same file on every machine.
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 
 from agf.errors import AgfError
 from agf.store.parts import commit_lock
+from agf.store.paths import inside, read_store_file
 from agf.store.store import Store, now_utc
 
 EXACT_LIMIT = 100_000
@@ -129,14 +131,22 @@ def _tune_nprobe(index, inner, x: np.ndarray, target: float, seed: int) -> dict:
     return {"nprobe": inner.nprobe, "recall_at_10": round(recall, 4)}
 
 
+_NAME = re.compile(r"[a-z]+-[A-Za-z0-9_]+")
+
+
 def index_path(store: Store, space: str, level: str) -> Path:
-    return store.root / "indexes" / f"{level}-{space.replace(':', '_')}.faiss"
+    """``indexes/<level>-<space>.faiss``; a name that could leave the folder is refused."""
+    name = f"{level}-{space.replace(':', '_')}"
+    if not _NAME.fullmatch(name):
+        raise AgfError(f"{space!r} is not a space name (agf:<source>, emb:<target> or combined)")
+    return inside(store.root, f"indexes/{name}.faiss", f"the {level} index of {space}")
 
 
 def save_index(store: Store, vi: VectorIndex) -> Path:
     """Write the index and its JSON sidecar (temporary names, then renamed)."""
     path = index_path(store, vi.meta["space"], vi.meta["level"])
     path.parent.mkdir(exist_ok=True)
+    inside(store.root, "indexes", "the index folder")
     tmp = path.with_suffix(".faiss.tmp")
     faiss.write_index(vi.index, str(tmp))
     data = tmp.read_bytes()
@@ -162,12 +172,15 @@ def load_index(store: Store, space: str, level: str) -> VectorIndex:
         key = (str(path), path.stat().st_mtime_ns)
         if key in _LOADED:
             return _LOADED[key]
-        meta = json.loads(path.with_suffix(".json").read_text())
-        data = path.read_bytes()
+        meta = _sidecar(store, path.with_suffix(".json"))
+        data = read_store_file(store.root, path.relative_to(store.root), f"the {level} index of {space}")
     if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
         raise AgfError(f"index file {path} does not match the sha256 in its sidecar; it was changed or "
                        f"damaged: run `agf index build`")
-    index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    try:
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    except RuntimeError as exc:
+        raise AgfError(f"index file {path} cannot be read by faiss ({str(exc).splitlines()[0]}): run `agf index build`") from None
     inner = faiss.downcast_index(index.index)
     if isinstance(inner, faiss.IndexIVF):
         inner.nprobe = meta.get("nprobe", inner.nprobe)
@@ -178,5 +191,21 @@ def load_index(store: Store, space: str, level: str) -> VectorIndex:
     return _LOADED[key]
 
 
+_SIDECAR = {"space": str, "level": str, "kind": str, "sha256": str, "source_version": str, "built_at": str,
+            "count": int, "dim": int, "recall_at_10": (int, float)}
+
+
+def _sidecar(store: Store, path: Path) -> dict:
+    """An index's JSON sidecar, read as a regular file inside the store."""
+    try:
+        meta = json.loads(read_store_file(store.root, path.relative_to(store.root), "an index sidecar"))
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict) or not all(isinstance(meta.get(k), kind) for k, kind in _SIDECAR.items()):
+        raise AgfError(f"index sidecar {path} is damaged: run `agf index build`")
+    return meta
+
+
 def list_indexes(store: Store) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((store.root / "indexes").glob("*.json"))]
+    folder = inside(store.root, "indexes", "the index folder")
+    return [_sidecar(store, p) for p in sorted(folder.glob("*.json"))]

@@ -23,6 +23,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from agf.errors import AgfError
+from agf.store.paths import inside, open_regular
+
 JOURNAL_DIR = "journal"
 COMMIT_LOCK = "commit.lock"
 
@@ -123,15 +126,39 @@ class Transaction:
 
 def _apply(root: Path, journal: Path) -> None:
     try:
-        ops = json.loads(journal.read_text())
+        with open_regular(inside(root, journal.relative_to(root), "a journal")) as fh:
+            ops = _checked_ops(root, journal, json.loads(fh.read()))
     except FileNotFoundError:
         return  # a reader finished this commit first (see finish_commits)
+    except (OSError, ValueError) as exc:
+        raise AgfError(f"journal {journal.name} cannot be replayed ({exc}): the store is damaged") from None
     for tmp, final in ops["renames"]:
-        if (root / tmp).exists():
-            os.replace(root / tmp, root / final)
+        if tmp.exists():
+            os.replace(tmp, final)
     for part in ops["deletions"]:
-        (root / part).unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
     journal.unlink()
+
+
+def _checked_ops(root: Path, journal: Path, ops) -> dict[str, list]:
+    """A journal's renames and deletions as paths, each a Parquet part under ``tables/``.
+
+    A journal is replayed by readers too, so a hostile store's journal must not rename or
+    delete anything but the store's own parts.
+    """
+    what = f"journal {journal.name}"
+
+    def part(relative) -> Path:
+        text = str(relative)
+        if not text.startswith("tables/") or not text.endswith((".parquet", ".parquet.tmp")):
+            raise AgfError(f"{what} names {text!r}, which is not a table part: refused (the store may be hostile)")
+        return inside(root, text, what)
+
+    if not isinstance(ops, dict) or not isinstance(ops.get("renames"), list) or not isinstance(ops.get("deletions"), list):
+        raise ValueError("not a journal agf wrote")
+    if not all(isinstance(pair, list) and len(pair) == 2 for pair in ops["renames"]):
+        raise ValueError("renames are not pairs")
+    return {"renames": [(part(a), part(b)) for a, b in ops["renames"]], "deletions": [part(p) for p in ops["deletions"]]}
 
 
 def finish_commits(root: Path) -> None:
@@ -140,7 +167,7 @@ def finish_commits(root: Path) -> None:
     Safe without the writer lock (any process may call it, a reader too): journals are replayed
     under the exclusive commit lock, and replaying one twice changes nothing.
     """
-    journal_dir = root / JOURNAL_DIR
+    journal_dir = inside(root, JOURNAL_DIR, "the journal folder")
     if not journal_dir.exists() or not any(journal_dir.glob("*.json")):
         return
     with commit_lock(root, exclusive=True):
@@ -153,11 +180,11 @@ def recover(root: Path, tables_dir: Path) -> None:
 
     Call only while holding the store's writer lock.
     """
-    journal_dir = root / JOURNAL_DIR
+    journal_dir = inside(root, JOURNAL_DIR, "the journal folder")
     if journal_dir.exists():
         for stale in journal_dir.glob("*.json.tmp"):
             stale.unlink()
     finish_commits(root)
     if tables_dir.exists():
         for tmp in tables_dir.glob("*/.*.parquet.tmp"):
-            tmp.unlink()
+            inside(root, tmp.relative_to(root), "a leftover part").unlink()

@@ -10,25 +10,25 @@ import fcntl
 import json
 import os
 import re
+import stat
+import threading
 import time
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from agf import __version__
 from agf.errors import AgfError
 from agf.store.parts import COMMIT_LOCK, Transaction, commit_lock, finish_commits, recover
+from agf.store.paths import inside, open_regular
 from agf.store.schemas import SCHEMAS, VECTOR_COLUMNS, conform
 
-FORMAT_VERSION = 2
-
-
-def _add_commit_lock(root: Path) -> None:
-    """Version 2 readers hold ``commit.lock`` shared while reading; version 1 had none."""
-    (root / COMMIT_LOCK).touch()
+#: 3: no pickled model files (factor models are ``model.npz``); 2: readers' commit lock.
+FORMAT_VERSION = 3
 
 
 # Writer-lock descriptors this process holds. A forked child (an ingest worker) must not keep one
@@ -47,8 +47,6 @@ def _close_inherited_locks() -> None:
 
 os.register_at_fork(after_in_child=_close_inherited_locks)
 
-# from-version -> the function that upgrades a store of that version to the next, in place
-MIGRATIONS = {1: _add_commit_lock}
 DEFAULT_CONFIG = {
     "sample_rate": 22050,
     "clip_seconds": 30.0,
@@ -100,12 +98,13 @@ class Store:
     # -- opening -------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, root, *, create: bool = False, write: bool = False, **config) -> "Store":
+    def open(cls, root, *, create: bool = False, write: bool = False, older: bool = False, **config) -> "Store":
         """Open the store at ``root``; with ``create``, make it first if it does not exist.
 
-        ``config`` (e.g. ``sample_rate=22050``) applies only to a store being created.
-        Raises :class:`AgfError` for a missing store, a store of a newer format, or a store
-        locked by another writer.
+        ``config`` (e.g. ``sample_rate=22050``) applies only to a store being created. ``older``
+        (with ``write``) opens a store of an older format, for :mod:`agf.store.migrations` only.
+        Raises :class:`AgfError` for a missing or malformed store, a store of another format,
+        or a store locked by another writer.
         """
         root = Path(root).expanduser().resolve()
         meta_path = root / "store.json"
@@ -114,17 +113,14 @@ class Store:
                 raise AgfError(f"no agf store at {root} (run `agf ingest` or `agf demo` to create one)")
             cls._create(root, config)
             write = True
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise AgfError(f"cannot read {meta_path}: {exc}") from None
-        version = meta.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        meta = _read_config(meta_path)
+        version = meta["format_version"]
+        if version > FORMAT_VERSION:
             raise AgfError(
                 f"store {root} has format version {version}, newer than this agf understands "
                 f"({FORMAT_VERSION}); upgrade agf to open it"
             )
-        if version < FORMAT_VERSION and not write:
+        if version < FORMAT_VERSION and not (older and write):
             raise AgfError(f"store {root} has format version {version}, older than this agf's ({FORMAT_VERSION}): "
                            f"run `agf migrate --store {root}` to upgrade it in place")
         lock_fd = cls._lock(root) if write else None
@@ -132,18 +128,7 @@ class Store:
         store.found_version = version  # before any migration
         if write:
             recover(root, store.tables_dir)
-            store._migrate()
         return store
-
-    def _migrate(self) -> None:
-        """Upgrade an older store in place, one version at a time (each step saved)."""
-        while (version := self.config["format_version"]) < FORMAT_VERSION:
-            if version not in MIGRATIONS:
-                self.close()
-                raise AgfError(f"store {self.root} has format version {version}, which this agf cannot upgrade")
-            MIGRATIONS[version](self.root)
-            self.config["format_version"] = version + 1
-            self._save_meta()
 
     @classmethod
     def _create(cls, root: Path, config: dict) -> None:
@@ -161,14 +146,14 @@ class Store:
         }
         for sub in ("tables", "frames", "indexes", "models"):
             (root / sub).mkdir(exist_ok=True)
-        _add_commit_lock(root)
+        (root / COMMIT_LOCK).touch()
         store = cls(root, meta, writable=True, lock_fd=cls._lock(root))
         try:
             txn = Transaction(root)
             for name, schema in SCHEMAS.items():
                 txn.write_part(store.table_dir(name), schema.empty_table())
             txn.commit()
-            store._save_meta()  # store.json last: a store exists once its tables do
+            store.save_config()  # store.json last: a store exists once its tables do
         finally:
             store.close()
 
@@ -196,7 +181,8 @@ class Store:
     def __exit__(self, *exc):
         self.close()
 
-    def _save_meta(self) -> None:
+    def save_config(self) -> None:
+        """Write ``store.json`` from :attr:`config` (a temporary file, then renamed)."""
         tmp = self.root / "store.json.tmp"
         tmp.write_text(json.dumps(self.config, indent=2, sort_keys=True))
         os.replace(tmp, self.root / "store.json")
@@ -217,8 +203,17 @@ class Store:
         return self.tables_dir / name
 
     def parts(self, name: str) -> list[Path]:
-        """The visible Parquet parts of table ``name``, oldest first."""
-        return sorted(self.table_dir(name).glob("*.parquet"))
+        """The visible Parquet parts of table ``name``, oldest first.
+
+        Each is a regular file inside the store: a symlink leading out or a FIFO is refused.
+        """
+        folder = inside(self.root, self.table_dir(name).relative_to(self.root), f"table {name}")
+        parts = sorted(folder.glob("*.parquet"))
+        for part in parts:
+            inside(self.root, part.relative_to(self.root), f"table {name}")
+            if not stat.S_ISREG(part.stat().st_mode):
+                raise AgfError(f"table {name}: {part.name} is not a regular file: refused (the store may be hostile)")
+        return parts
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -263,7 +258,7 @@ class Store:
         except BaseException:
             txn.abort()
             raise
-        self._save_meta()
+        self.save_config()
 
     def _record_dim(self, name: str, table: pa.Table, replacing: bool) -> None:
         column = VECTOR_COLUMNS.get(name)
@@ -287,53 +282,94 @@ class Store:
             parts = self.parts(name)
             if len(parts) <= 1:
                 continue
-            merged = _concat(name, [pq.read_table(p) for p in parts])
+            try:
+                merged = _concat(name, [pq.read_table(p) for p in parts])
+            except (pa.ArrowException, OSError) as exc:
+                raise AgfError(f"table {name} has a damaged part: {_one_line(exc)}; nothing was compacted") from None
             self.write(replace={name: merged}, params={"compacted_parts": len(parts)})
             done[name] = (len(parts), len(self.parts(name)))
         return done
 
     # -- reading --------------------------------------------------------------------------------
 
+    def vector_size(self, name: str) -> int | None:
+        """The size every vector of table ``name`` has, or ``None`` (none yet, or mixed sizes)."""
+        dim = self.config.get("dims", {}).get(name)
+        return dim if isinstance(dim, int) and not isinstance(dim, bool) and 0 < dim <= MAX_DIM else None
+
     def catalog_sql(self) -> str:
-        """``schema.sql`` with its placeholders filled in for this store."""
-        dims = self.config.get("dims", {})
+        """``schema.sql`` with its placeholders filled in: ``parts_<table>`` relations and vector types."""
 
         def fill(match: re.Match) -> str:
             kind, name = match.group(1), match.group(2)
             if kind == "parts":
-                glob = str(self.table_dir(name) / "*.parquet").replace("'", "''")
-                return f"read_parquet('{glob}')"
-            dim = dims.get(name)
+                return f"parts_{name}"
+            dim = self.vector_size(name)
             return f"FLOAT[{dim}]" if dim else "FLOAT[]"
 
         return re.sub(r"\{(parts|vector):(\w+)\}", fill, SCHEMA_SQL.read_text())
 
+    def _dataset(self, name: str) -> ds.Dataset:
+        """Table ``name``'s parts as one Arrow dataset, vectors read at their fixed size when known
+        (as fast as DuckDB's own Parquet reader; a cast from variable lists costs half as much again)."""
+        schema, column, dim = SCHEMAS[name], VECTOR_COLUMNS.get(name), self.vector_size(name)
+        if column and dim:
+            schema = schema.set(schema.get_field_index(column), pa.field(column, pa.list_(pa.float32(), dim)))
+        return ds.dataset([str(p) for p in self.parts(name)], format="parquet", schema=schema)
+
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB connection with a view per store table."""
+        """An in-memory DuckDB connection with a view per store table, and no access to any file.
+
+        Each table's parts are verified (:meth:`parts`) and handed to DuckDB as an Arrow
+        dataset; then DuckDB's external access is switched off and its configuration locked, so
+        no statement run on this connection can read, write or load anything else: not a path,
+        not an extension, not another database.
+        """
         con = duckdb.connect(":memory:")
         try:
+            for name in SCHEMAS:
+                con.register(f"parts_{name}", self._dataset(name))
             con.execute(self.catalog_sql())
-        except duckdb.Error as exc:  # e.g. a table folder removed by hand
+            con.execute(SANDBOX_SQL)
+        except (duckdb.Error, pa.ArrowException, OSError) as exc:  # e.g. a damaged part or a folder removed by hand
             con.close()
             raise AgfError(f"the store's tables cannot be read: {_one_line(exc)}") from None
+        except BaseException:
+            con.close()
+            raise
         return con
 
     def query(self, sql: str, params: list | None = None) -> pa.Table:
-        """Run ``sql`` over the store's views and return the result as an Arrow table."""
+        """Run agf's own ``sql`` (with bound ``params``) over the store's views: an Arrow table."""
         return self._run(sql, params)
 
-    def sql(self, sql: str) -> pa.Table:
-        """Run a user's read-only statement: anything that would modify data is refused."""
-        return self._run(sql, read_only=True)
+    def sql(self, sql: str, *, timeout: float | None = None) -> pa.Table:
+        """Run a user's read-only statement over the store's tables, in DuckDB's sandbox.
 
-    def _run(self, sql: str, params: list | None = None, read_only: bool = False) -> pa.Table:
+        Parameters
+        ----------
+        sql : str
+            One or more ``SELECT`` statements (``EXPLAIN`` of one too); anything that would write,
+            attach, load or configure is refused before it runs.
+        timeout : float, optional
+            Seconds after which the query is interrupted with an :class:`AgfError`.
+
+        Returns
+        -------
+        pyarrow.Table
+            The last statement's result.
+        """
+        return self._run(sql, read_only=True, timeout=timeout)
+
+    def _run(self, sql: str, params: list | None = None, read_only: bool = False, timeout: float | None = None) -> pa.Table:
         with self.snapshot():
             con = self.connect()
             try:
-                if read_only:
-                    _refuse_writes(con, sql)
-                return con.sql(sql, params=params or None).to_arrow_table()
-            except duckdb.Error as exc:
+                if not read_only:
+                    return con.sql(sql, params=params or None).to_arrow_table()
+                _refuse_writes(con, sql)
+                return _interruptible(con, sql, timeout)
+            except (duckdb.Error, pa.ArrowException, OSError) as exc:
                 raise AgfError(_one_line(exc)) from None
             finally:
                 con.close()
@@ -355,7 +391,11 @@ class Store:
     def count(self, name: str) -> int:
         """Rows in table ``name``, from the parts' footers."""
         with self.snapshot():
-            return sum(pq.read_metadata(p).num_rows for p in self.parts(name))
+            parts = self.parts(name)
+            try:
+                return sum(pq.read_metadata(p).num_rows for p in parts)
+            except (pa.ArrowException, OSError) as exc:
+                raise AgfError(f"table {name} has a damaged part: {_one_line(exc)}") from None
 
     def info(self) -> dict:
         """The store's path, format, tables (rows, parts, bytes), frame caches, indexes and models."""
@@ -387,6 +427,44 @@ class Store:
         }
 
 
+def _read_config(path: Path) -> dict:
+    """``store.json``, checked: a store from someone else may hold anything there."""
+    try:
+        with open_regular(path) as fh:
+            meta = json.loads(fh.read())
+    except (OSError, ValueError) as exc:
+        raise AgfError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    problem = _config_problem(meta)
+    if problem:
+        raise AgfError(f"{path} is malformed: {problem}")
+    return meta
+
+
+def _config_problem(meta) -> str | None:
+    if not isinstance(meta, dict):
+        return "not a JSON object"
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        return f"format_version {version!r} is not a positive integer"
+    rate, seconds = meta.get("sample_rate"), meta.get("clip_seconds")
+    if not isinstance(rate, int) or isinstance(rate, bool) or not 1000 <= rate <= 384_000:
+        return f"sample_rate {rate!r} is not a rate in Hz"
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 < seconds <= 3600:
+        return f"clip_seconds {seconds!r} is not a duration in seconds"
+    frames = meta.get("frames")
+    if not isinstance(frames, dict) or set(frames) != set(DEFAULT_CONFIG["frames"]):
+        return f"frames must describe {', '.join(DEFAULT_CONFIG['frames'])}"
+    for kind, params in frames.items():
+        if not isinstance(params, dict) or set(params) != set(DEFAULT_CONFIG["frames"][kind]):
+            return f"frames.{kind} must give {', '.join(DEFAULT_CONFIG['frames'][kind])}"
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 16
+                   for k, v in params.items() if k != "dtype") or params["dtype"] != "float16":
+            return f"frames.{kind} holds values agf never writes"
+    if not isinstance(meta.get("dims", {}), dict):
+        return "dims is not an object"
+    return None
+
+
 def _concat(name: str, tables: list[pa.Table]) -> pa.Table:
     """Concatenate parts of one table, dropping empty ones (their vector type is unsized)."""
     tables = [conform(name, t) for t in tables]
@@ -394,18 +472,68 @@ def _concat(name: str, tables: list[pa.Table]) -> pa.Table:
     return pa.concat_tables(nonempty, promote_options="permissive")
 
 
-_READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+#: Applied to every connection after the views exist. External access off: no file, URL,
+#: extension or database outside the registered tables; the configuration locked so that no
+#: statement can switch it back on.
+SANDBOX_SQL = """
+SET autoinstall_known_extensions = false;
+SET autoload_known_extensions = false;
+SET enable_external_access = false;
+SET lock_configuration = true;
+"""
+MAX_DIM = 1 << 20
+# EXPLAIN [ANALYZE] [(options)] <statement>: ANALYZE runs the statement, so it is judged as that statement.
+_EXPLAIN = re.compile(r"\s*explain\s+(?:analy[sz]e\s+)?(?:\([^)]*\)\s*)?", re.IGNORECASE)
 
 
 def _refuse_writes(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """Raise unless every statement of ``sql`` only reads."""
-    statements = con.extract_statements(sql)
+    """Raise unless every statement of ``sql`` is a ``SELECT`` (or ``EXPLAIN`` of one)."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise AgfError(_one_line(exc)) from None
     if not statements:
         raise AgfError("no SQL statement given")
     for statement in statements:
-        if statement.type not in _READ_ONLY:
+        if statement.type == duckdb.StatementType.EXPLAIN:
+            wrapped = _EXPLAIN.match(statement.query)
+            if not wrapped:
+                raise AgfError("agf sql is read-only: cannot tell which statement this EXPLAIN wraps")
+            _refuse_writes(con, statement.query[wrapped.end():])
+        elif statement.type != duckdb.StatementType.SELECT:
             kind = statement.type.name.replace("_", " ")
             raise AgfError(f"agf sql is read-only: {kind} statements are not allowed")
+
+
+def _interruptible(con: duckdb.DuckDBPyConnection, sql: str, timeout: float | None) -> pa.Table:
+    """Run ``sql`` on a worker thread while this one waits, so that Ctrl-C or the time limit can
+    interrupt DuckDB (a signal reaches Python only between bytecodes, never inside a query)."""
+    outcome: dict = {}
+    done = threading.Event()  # waited on, not Thread.join: an interrupted join can wrongly report the thread ended
+
+    def work():
+        try:
+            outcome["table"] = con.sql(sql).to_arrow_table()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    deadline = time.monotonic() + timeout if timeout else None
+    threading.Thread(target=work, name="agf-sql", daemon=True).start()
+    try:
+        while not done.wait(0.05):
+            if deadline is not None and time.monotonic() >= deadline:
+                con.interrupt()
+                done.wait()
+                raise AgfError(f"the query ran past its time limit of {timeout:g} s")
+    except KeyboardInterrupt:
+        con.interrupt()
+        done.wait()
+        raise AgfError("query interrupted") from None
+    if "error" in outcome:
+        raise outcome.pop("error")
+    return outcome["table"]
 
 
 def _one_line(exc: Exception) -> str:
