@@ -18,18 +18,46 @@ import typer
 from agf.errors import AgfError
 from agf.output import render
 
+#: ``agf --help`` lists commands in the order people use them, grouped under these panels.
+WORKING_ORDER = ["demo", "ingest", "factors", "train", "embed", "evaluate", "index", "similar", "map", "tag", "sql",
+                 "info", "tables", "check", "compact", "migrate"]
+
+
+class _InWorkingOrder(typer.core.TyperGroup):
+    def list_commands(self, ctx) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: WORKING_ORDER.index(n) if n in WORKING_ORDER else len(WORKING_ORDER))
+
+
 app = typer.Typer(
+    cls=_InWorkingOrder,
     help="agf: a music feature store and embedding database built around Artist Group Factors.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
+
+def _version(value: bool) -> None:
+    if value:
+        from agf import __version__
+
+        typer.echo(f"agf {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True,
+                                                         help="Print agf's version and exit.")] = None):
+    """Start with `agf demo`, or `agf ingest` your own music; learn with `agf factors build`,
+    `agf train` and `agf embed`; then use `agf similar`, `agf tag` and `agf sql`."""
+
 StoreDir = Annotated[
     Path,
     typer.Option("--store", envvar="AGF_STORE", help="Store directory (or AGF_STORE).", show_default=True),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+Wait = Annotated[float, typer.Option("--wait", help="Seconds a commit waits for readers of the store before giving up.")]
 DEFAULT_STORE = Path("agf-store")
 EngineName = Annotated[str, typer.Option("--engine", help="local (this machine's cores) or ray (a Ray cluster; the ray extra).")]
 Address = Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster address (or RAY_ADDRESS); default: a local one.")]
@@ -46,6 +74,14 @@ def fail(message: str, code: int = 1):
     raise typer.Exit(code)
 
 
+class FailedWith(AgfError):
+    """A command's rows that still deserve printing (what ``agf check`` found), then its error."""
+
+    def __init__(self, message: str, rows: list[dict]):
+        super().__init__(message)
+        self.rows = rows
+
+
 def command(fn):
     """Give a command ``--json`` and ``--csv``, render what it returns, and turn an
     :class:`AgfError` into ``Error: message`` on stderr with exit status 1.
@@ -55,8 +91,12 @@ def command(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, as_json: bool = False, as_csv: bool = False, **kwargs):
+        fmt = "json" if as_json else "csv" if as_csv else "table"
         try:
-            render(fn(*args, **kwargs), "json" if as_json else "csv" if as_csv else "table")
+            render(fn(*args, **kwargs), fmt)
+        except FailedWith as exc:
+            render(exc.rows, fmt)
+            fail(str(exc))
         except AgfError as exc:
             fail(str(exc))
         except BrokenPipeError:  # the reader went away (`agf tag ... --csv | head`): stop, as Unix tools do
@@ -89,7 +129,7 @@ def _open(store: Path, write: bool = False, create: bool = False, **config):
 # -- SQL and the catalog ------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(rich_help_panel="Use")
 @command
 def sql(query: Annotated[str, typer.Argument(help="A read-only SQL statement over the store's views.")],
         timeout: Annotated[float | None, typer.Option(help="Interrupt the query after this many seconds.")] = None,
@@ -103,7 +143,7 @@ def sql(query: Annotated[str, typer.Argument(help="A read-only SQL statement ove
     return _open(store).sql(query, timeout=timeout)
 
 
-@app.command()
+@app.command(rich_help_panel="Look after")
 @command
 def info(store: StoreDir = DEFAULT_STORE):
     """Show the store's path, format version, tables, frame caches, indexes and models.
@@ -114,7 +154,7 @@ def info(store: StoreDir = DEFAULT_STORE):
     return details
 
 
-@app.command()
+@app.command(rich_help_panel="Look after")
 @command
 def tables(store: StoreDir = DEFAULT_STORE):
     """List the store's tables with rows, parts and bytes.
@@ -124,17 +164,43 @@ def tables(store: StoreDir = DEFAULT_STORE):
     return _open(store).info()["tables"]
 
 
-@app.command()
+@app.command(rich_help_panel="Look after")
 @command
 def compact(store: StoreDir = DEFAULT_STORE,
+            wait: Wait = 60.0,
             table: Annotated[list[str] | None, typer.Option("--table", help="Only these tables.")] = None):
     """Merge each table's Parquet parts into one; the rows stay identical.
 
     Example: agf compact --table tracks
     """
-    with _open(store, write=True) as opened:
+    with _open(store, write=True, wait=wait) as opened:
         done = opened.compact(table or None)
     return [{"table": t, "parts_before": a, "parts_after": b} for t, (a, b) in done.items()]
+
+
+@app.command(rich_help_panel="Look after")
+@command
+def check(repair: Annotated[bool, typer.Option(help="Move damaged files to quarantine/ and say what rebuilds them.")] = False,
+          store: StoreDir = DEFAULT_STORE,
+          wait: Wait = 60.0,
+          quiet: Quiet = False):
+    """Verify every table part, frame file, index and model file against the store's records.
+
+    Exits non-zero when anything is damaged, naming each file and the command that rebuilds it.
+
+    Example: agf check --repair
+    """
+    from agf.progress import say
+    from agf.store.check import check_store
+
+    with _open(store, write=repair, wait=wait) as opened:
+        findings, checked = check_store(opened, repair=repair)
+    counts = ", ".join(f"{n} {kind}" for kind, n in checked.items()) or "nothing"
+    if findings:
+        fix = "" if repair else "; agf check --repair sets them aside"
+        raise FailedWith(f"{len(findings)} damaged of {counts} checked{fix}", findings)
+    say(f"no damage found in {counts}", quiet)
+    return findings
 
 
 # -- ingest -------------------------------------------------------------------------------------
@@ -150,7 +216,7 @@ def _mapping(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-@app.command()
+@app.command(rich_help_panel="Start")
 @command
 def ingest(
     audio_dir: Annotated[Path, typer.Argument(help="Folder of audio files (FMA's fma_<size>/ for --fma-metadata).")],
@@ -167,6 +233,7 @@ def ingest(
     engine: EngineName = "local",
     address: Address = None,
     store: StoreDir = DEFAULT_STORE,
+    wait: Wait = 60.0,
     quiet: Quiet = False,
 ):
     """Ingest audio and metadata: tracks, artists, genres, feature sets and frame matrices.
@@ -182,7 +249,7 @@ def ingest(
     chosen, where = parse_features(features), _engine(engine, address)
     candidates, genre_tree = collect(audio_dir, manifest=manifest, fma_metadata=fma_metadata,
                                      mapping=_mapping(map_ or []), subset=subset)
-    with _open(store, write=True, create=True, sample_rate=sample_rate, clip_seconds=clip_seconds) as opened:
+    with _open(store, write=True, create=True, wait=wait, sample_rate=sample_rate, clip_seconds=clip_seconds) as opened:
         summary = run_ingest(opened, candidates, genre_tree, features=chosen, workers=workers, force=force,
                                   part_size=part_size, engine=where, quiet=quiet)
     say(f"ingested {summary.ingested}, skipped {summary.skipped}, failed {summary.failed} "
@@ -190,7 +257,7 @@ def ingest(
     return summary.as_dict()
 
 
-@app.command()
+@app.command(rich_help_panel="Look after")
 @command
 def migrate(store: StoreDir = DEFAULT_STORE):
     """Upgrade a store written by an older agf to this version's format, in place.
@@ -207,7 +274,7 @@ def migrate(store: StoreDir = DEFAULT_STORE):
 # -- factors ------------------------------------------------------------------------------------
 
 factors_app = typer.Typer(help="Artist Group Factors: build, update, show.", no_args_is_help=True)
-app.add_typer(factors_app, name="factors")
+app.add_typer(factors_app, name="factors", rich_help_panel="Learn")
 
 
 @factors_app.command("build")
@@ -216,9 +283,12 @@ def factors_build(
     source: Annotated[str | None, typer.Option(help="Sources, comma-separated: mfcc,dmfcc,fma,essentia,tags (default: all the store supports).")] = None,
     clusters: Annotated[int, typer.Option(help="K-Means clusters per audio source (K).")] = 2048,
     topics: Annotated[int, typer.Option(help="LDA topics: the size of each AGF.")] = 40,
-    min_tracks: Annotated[int, typer.Option(help="Artists with fewer tracks are projected, not fitted on.")] = 2,
+    min_tracks: Annotated[int, typer.Option(help="Artists with fewer tracks are projected, not fitted on (the authors: 1).")] = 1,
+    standardise: Annotated[bool, typer.Option(help="Scale each coefficient to unit variance before clustering (the authors cluster raw frames).")] = False,
+    free_tags: Annotated[bool, typer.Option(help="The tags source uses free tags besides genre ids (the authors: genre ids only).")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     store: StoreDir = DEFAULT_STORE,
+    wait: Wait = 60.0,
     quiet: Quiet = False,
 ):
     """Fit the cluster dictionaries and LDA of each source and store every artist's factors.
@@ -229,9 +299,10 @@ def factors_build(
     """
     from agf.models.factors import FactorParams, build_factors, parse_sources
 
-    with _open(store, write=True) as opened:
-        params = FactorParams(clusters=clusters, topics=topics, min_tracks=min_tracks, seed=seed)
-        return build_factors(opened, parse_sources(opened, source), params, quiet=quiet)
+    with _open(store, write=True, wait=wait) as opened:
+        params = FactorParams(clusters=clusters, topics=topics, min_tracks=min_tracks, seed=seed,
+                              standardise=standardise, free_tags=free_tags)
+        return build_factors(opened, parse_sources(opened, source, free_tags), params, quiet=quiet)
 
 
 @factors_app.command("update")
@@ -239,6 +310,7 @@ def factors_build(
 def factors_update(
     source: Annotated[str | None, typer.Option(help="Sources to update (default: every fitted one).")] = None,
     store: StoreDir = DEFAULT_STORE,
+    wait: Wait = 60.0,
     quiet: Quiet = False,
 ):
     """Project tracks and artists ingested since the factors were built, without refitting.
@@ -247,7 +319,7 @@ def factors_update(
     """
     from agf.models.factors import parse_sources, update_factors
 
-    with _open(store, write=True) as opened:
+    with _open(store, write=True, wait=wait) as opened:
         return update_factors(opened, parse_sources(opened, source) if source else None, quiet=quiet)
 
 
@@ -277,7 +349,7 @@ Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda
 Precision = Annotated[str, typer.Option(help="CNN arithmetic: auto (bf16 where the device has it natively, else fp32), fp32 or bf16.")]
 
 
-@app.command()
+@app.command(rich_help_panel="Learn")
 @command
 def train(
     target: Annotated[str, typer.Option(help="genre, agf:mfcc, agf:dmfcc, agf:fma, agf:essentia, agf:tags, all (every CNN), or transfer.")] = "all",
@@ -290,6 +362,7 @@ def train(
     seed: Seed = 0,
     device: Device = "auto",
     store: StoreDir = DEFAULT_STORE,
+    wait: Wait = 60.0,
     quiet: Quiet = False,
 ):
     """Train the CNN on a target (genre or an AGF source), every CNN, or the transfer MLP.
@@ -301,7 +374,7 @@ def train(
     from agf.models.train import TrainParams, train_cnn
     from agf.models.transfer import TransferParams, train_transfer
 
-    with _open(store, write=True) as opened:
+    with _open(store, write=True, wait=wait) as opened:
         if target == "transfer":
             params = TransferParams(models=models, split=split, seed=seed, device=device,
                                     **{k: v for k, v in {"epochs": epochs, "patience": patience}.items() if v is not None})
@@ -314,7 +387,7 @@ def train(
         return [train_cnn(opened, t, params, quiet=quiet) for t in targets]
 
 
-@app.command()
+@app.command(rich_help_panel="Learn")
 @command
 def embed(
     model: Annotated[str, typer.Option(help="'all' (newest CNN per target) or model ids, comma-separated.")] = "all",
@@ -323,6 +396,7 @@ def embed(
     engine: EngineName = "local",
     address: Address = None,
     store: StoreDir = DEFAULT_STORE,
+    wait: Wait = 60.0,
     quiet: Quiet = False,
 ):
     """Write the 256-d clip embeddings of every track not yet embedded by each CNN.
@@ -332,14 +406,14 @@ def embed(
     from agf.models.train import embed as run_embed
 
     where = _engine(engine, address)
-    with _open(store, write=True) as opened:
+    with _open(store, write=True, wait=wait) as opened:
         return run_embed(opened, model, device=device, engine=where, quiet=quiet, precision=precision)
 
 
-@app.command()
+@app.command(rich_help_panel="Learn")
 @command
 def evaluate(
-    out: Annotated[Path, typer.Option(help="Folder for report.json and confusion.png.")] = Path("agf-report"),
+    out: Annotated[Path | None, typer.Option(help="Folder for report.json and confusion.png (default: the store's reports/evaluate).")] = None,
     split: Split = "auto",
     seed: Seed = 0,
     precision: Precision = "auto",
@@ -355,16 +429,20 @@ def evaluate(
     from agf.models.evaluate import summary_rows
     from agf.progress import say
 
-    report = run_evaluate(_open(store), split=split, seed=seed, out_dir=out, precision=precision)
+    opened = _open(store)
+    out = out or opened.report_dir("evaluate")
+    report = run_evaluate(opened, split=split, seed=seed, out_dir=out, precision=precision)
     say(f"split {report['split']}: {report['test_tracks']} test tracks of {report['test_artists']} artists, "
         f"{report['test_artists_also_in_training']} of them also in training; report in {out}", quiet)
+    for warning in report["warnings"]:
+        say(f"warning: {warning}", quiet)
     return report if as_report else summary_rows(report)
 
 
 # -- similarity --------------------------------------------------------------------------------
 
 index_app = typer.Typer(help="FAISS indexes over artist and track vectors.", no_args_is_help=True)
-app.add_typer(index_app, name="index")
+app.add_typer(index_app, name="index", rich_help_panel="Use")
 
 
 @index_app.command("build")
@@ -372,6 +450,7 @@ app.add_typer(index_app, name="index")
 def index_build(
     space: Annotated[list[str] | None, typer.Option(help="Only these spaces (repeatable); default every space.")] = None,
     store: StoreDir = DEFAULT_STORE,
+    wait: Wait = 60.0,
     quiet: Quiet = False,
 ):
     """Refresh artist_vectors and build the index of every space (exact, or IVF with its recall@10).
@@ -380,7 +459,7 @@ def index_build(
     """
     from agf.models.similar import build_indexes
 
-    with _open(store, write=True) as opened:
+    with _open(store, write=True, wait=wait) as opened:
         return build_indexes(opened, space or None, quiet=quiet)
 
 
@@ -396,7 +475,7 @@ def index_list(store: StoreDir = DEFAULT_STORE):
     return index_status(_open(store))
 
 
-@app.command()
+@app.command(rich_help_panel="Use")
 @command
 def similar(
     artist: Annotated[str | None, typer.Argument(help="Artist name (case- and accent-insensitive).")] = None,
@@ -416,6 +495,8 @@ def similar(
     """
     from agf.models.similar import Similar, read_queries
 
+    if k < 1:
+        raise AgfError(f"-k must be a positive number of neighbours, not {k}")
     opened = _open(store)
     service = Similar(opened, quiet=quiet)
     if batch is not None:
@@ -429,7 +510,7 @@ def similar(
     return service.artists(service.directory.resolve(artist, artist_id), k, space, genre, min_tracks)
 
 
-@app.command("map")
+@app.command("map", rich_help_panel="Use")
 @command
 def map_(
     out: Annotated[Path, typer.Argument(help="PNG file to write.")],
@@ -446,7 +527,7 @@ def map_(
     return draw_map(_open(store), space, out, method)
 
 
-@app.command()
+@app.command(rich_help_panel="Use")
 @command
 def tag(
     paths: Annotated[list[Path] | None, typer.Argument(help="Audio files or folders of new music.")] = None,
@@ -460,6 +541,7 @@ def tag(
     engine: EngineName = "local",
     address: Address = None,
     store: StoreDir = DEFAULT_STORE,
+    wait: Wait = 60.0,
     quiet: Quiet = False,
 ):
     """Tag new music with genres: ingest, embed with the stored CNNs, predict with the transfer MLP.
@@ -479,7 +561,7 @@ def tag(
         candidates = read_files(paths)
     else:
         raise AgfError("give the files or folders to tag, or --manifest")
-    opened = _open(store, write=True)
+    opened = _open(store, write=True, wait=wait)
     try:
         tagger = Tagger(opened, model, device, where, precision)
     except BaseException:
@@ -503,16 +585,19 @@ def tag(
 # -- the demo -----------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(rich_help_panel="Start")
 @command
 def demo(
-    corpus: Annotated[Path, typer.Option(help="Where the demo corpus is written.")] = Path("agf-demo"),
+    corpus: Annotated[Path | None, typer.Option(help="Where the demo corpus is written (default: ~/.local/share/agf/demo/corpus).")] = None,
     quick: Annotated[bool, typer.Option(help="A smaller corpus and shorter training: under 2 minutes.")] = False,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: every core).")] = None,
-    store: StoreDir = DEFAULT_STORE,
+    store: Annotated[Path | None, typer.Option("--store", help="The demo's store (default: ~/.local/share/agf/demo/store; AGF_STORE is not used, so a demo never writes into your own store).")] = None,
     quiet: Quiet = False,
 ):
     """Generate the demo corpus and run the whole pipeline on it, then print a report.
+
+    Nothing is written in the current folder: the corpus, the store and its reports go under
+    ~/.local/share/agf/demo unless --corpus and --store say otherwise.
 
     Example: agf demo --quick --store ./demo-store
     """

@@ -7,6 +7,7 @@ The factor dictionary and topics are sized for the corpus (the authors' K=2048 /
 are meant for FMA's 16,000 artists); training is shortened for the time budget.
 """
 
+import os
 from pathlib import Path
 
 import soundfile as sf
@@ -52,8 +53,21 @@ def _held_out_paths(store: Store) -> list[str]:
     return list(first.values())[:3]
 
 
-def run_demo(corpus: Path, store_dir: Path, quick: bool = False, workers: int | None = None, quiet: bool = False) -> dict:
-    """Write the corpus, run every stage into ``store_dir``, and return the report."""
+def demo_home() -> Path:
+    """Where the demo lives by default: ``$XDG_DATA_HOME/agf/demo`` (``~/.local/share/agf/demo``),
+    so that a demo leaves the folder it runs in as it was and two demos never collide there."""
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "agf" / "demo"
+
+
+def run_demo(corpus: Path | None = None, store_dir: Path | None = None, quick: bool = False, workers: int | None = None,
+             quiet: bool = False) -> dict:
+    """Write the corpus, run every stage into ``store_dir``, and return the report.
+
+    ``corpus`` and ``store_dir`` default to ``corpus/`` and ``store/`` under :func:`demo_home`;
+    the evaluation report goes to the store's ``reports/evaluate/``.
+    """
+    corpus = Path(corpus or demo_home() / "corpus")
+    store_dir = Path(store_dir or demo_home() / "store")
     plan = QUICK if quick else FULL
     shape = plan["corpus"]
     say(f"demo corpus: {shape['genres']} genres × {shape['artists']} artists × {shape['tracks']} tracks "
@@ -69,10 +83,10 @@ def run_demo(corpus: Path, store_dir: Path, quick: bool = False, workers: int | 
         report["training"] = [train_cnn(store, t, plan["train"], quiet=quiet) for t in targets]
         embed(store, "all", quiet=quiet)
         report["training"].append(train_transfer(store, TransferParams(), quiet=quiet))
-        evaluation = evaluate(store, out_dir=Path(corpus) / "report")
+        evaluation = evaluate(store, out_dir=store.report_dir("evaluate"))
         report["genre_report"] = summary_rows(evaluation)
         say(f"evaluation: {evaluation['test_tracks']} test tracks of {evaluation['test_artists']} artists never seen "
-            f"in training; report and confusion matrices in {Path(corpus) / 'report'}", quiet)
+            f"in training; report and confusion matrices in {store.report_dir('evaluate')}", quiet)
         build_indexes(store, quiet=True)
         service = Similar(store)
         for name in ("Rock Artist 1", "Classical Artist 2"):
@@ -82,4 +96,6 @@ def run_demo(corpus: Path, store_dir: Path, quick: bool = False, workers: int | 
         tagged = Tagger(store).tag(read_files(files), workers=workers, quiet=True)
         report["tagged (held-out tracks, then a Jazz track by a new artist)"] = [
             {"file": "/".join(Path(t["path"]).parts[-2:]), **{k: t[k] for k in ("genre", "probability", "top")}} for t in tagged]
+    say(f"next: export AGF_STORE={store.root}, then try agf similar \"Jazz Artist 1\" or agf sql \"select * from "
+        f"predictions limit 5\"", quiet)
     return report

@@ -106,7 +106,8 @@ def _stream(rows: Iterator[dict], fmt: str, out) -> None:
         return
     opening = "[\n"
     for row in rows:
-        out.write(opening + textwrap.indent(json.dumps(_plain(row), indent=2, ensure_ascii=False), "  "))
+        # indent at "\n" only: textwrap would also break at U+0085 or U+2028 inside a string
+        out.write(opening + "  " + json.dumps(_plain(row), indent=2, ensure_ascii=False).replace("\n", "\n  "))
         out.flush()
         opening = ",\n"
     out.write("[]\n" if opening == "[\n" else "\n]\n")

@@ -9,13 +9,18 @@ from rich.text import Text
 console = Console(stderr=True, soft_wrap=True)
 
 
-class _RateColumn(ProgressColumn):
+class AverageRate(ProgressColumn):
+    """Files (or tracks) per second since the start."""
+
     def __init__(self, unit: str):
         super().__init__()
         self.unit = unit
 
     def render(self, task) -> Text:
-        return Text(f"{task.speed:.1f} {self.unit}/s" if task.speed else "")
+        # the average since the start, as the closing summary reports it (rich's own speed is of
+        # the last 30 s, which disagrees with the summary after a slow start)
+        elapsed = task.finished_time if task.finished else task.elapsed
+        return Text(f"{task.completed / elapsed:.1f} {self.unit}/s" if task.completed and elapsed else "")
 
 
 class _Bar:
@@ -39,7 +44,7 @@ def progress_bar(total: int | None, description: str, unit: str = "files", quiet
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        _RateColumn(unit),
+        AverageRate(unit),
         TextColumn("eta"),
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),

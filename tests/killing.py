@@ -67,11 +67,36 @@ def _start(args: list) -> subprocess.Popen:
 
 
 def _kill(process: subprocess.Popen) -> None:
+    """SIGKILL the agf process alone, as ``kill -9 PID`` does, and check that none of its worker
+    processes outlives it; then clear its process group whatever happened."""
     try:
-        os.killpg(process.pid, signal.SIGKILL)
+        os.kill(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass  # it finished first
     process.wait()
+    try:
+        deadline = time.monotonic() + 10
+        while survivors(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not survivors(process.pid), f"processes outlived the killed agf: {survivors(process.pid)}"
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def survivors(group: int) -> list[int]:
+    """Live (not zombie) processes of process group ``group``, from /proc."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # it ended while we looked
+        if int(fields[2]) == group and fields[0] != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
 
 
 def _count(root: Path, table: str) -> int:

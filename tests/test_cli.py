@@ -3,6 +3,7 @@
 import io
 import json
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -58,6 +59,18 @@ def test_info_lists_tables_frames_and_models(small_store, cli):
     assert "features_fma" in text and "format_version: 3" in text
 
 
+def test_version_and_help_in_the_order_people_work(small_store, cli):
+    from agf import __version__
+
+    assert cli("--version").stdout == f"agf {__version__}\n"
+    assert json.loads(cli("info", "--store", small_store, "--json").stdout)["agf_version"] == __version__
+    text = cli("--help").stdout
+    panels = [line.split("─ ")[1].split(" ─")[0] for line in text.splitlines() if line.startswith("╭─ ")]
+    assert panels == ["Options", "Start", "Learn", "Use", "Look after"]
+    listed = [line.split()[1] for line in text.splitlines() if line.startswith("│ ") and line[2].isalpha()]
+    assert listed[:4] == ["demo", "ingest", "factors", "train"] and listed[-2:] == ["compact", "migrate"]
+
+
 def test_every_command_help_ends_with_an_example(cli):
     from agf.cli import app
 
@@ -70,26 +83,37 @@ def test_every_command_help_ends_with_an_example(cli):
             assert leaf.help.strip().splitlines()[-1].startswith("Example: agf "), leaf.name
 
 
-def test_demo_quick_runs_end_to_end(tmp_path, cli):
-    out = cli("demo", "--quick", "--corpus", tmp_path / "corpus", "--store", tmp_path / "store", "--json", "--quiet")
+def test_demo_quick_runs_end_to_end_and_leaves_the_folder_it_runs_in_empty(tmp_path, cli, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    out = cli("demo", "--quick", "--json", "--quiet", env={"XDG_DATA_HOME": str(tmp_path / "data")})
     assert out.exit_code == 0, out.output
+    assert list(here.iterdir()) == []
+    demo = tmp_path / "data" / "agf" / "demo"
     report = json.loads(out.stdout)
     assert report["ingest"]["ingested"] == 128 and report["ingest"]["failed"] == 0
     assert [f["source"] for f in report["factors"]] == ["mfcc", "dmfcc", "fma", "tags"]
     assert [t["target"] for t in report["training"]] == ["genre", "agf:mfcc", "agf:dmfcc", "agf:fma", "agf:tags", "transfer"]
     models = [r["model"].split(" (")[0] for r in report["genre_report"]]
     assert models == ["genre CNN", "transfer MLP", "baseline: logistic regression on fma"]
+    # every model's calibration is measured; the genre CNN and the baseline beat guessing uniformly over 8 genres
+    # (the transfer MLP, calibrated too, does not yet on this tiny split: docs/METHOD.md)
+    assert all(0 <= r["ece"] <= 1 for r in report["genre_report"])
+    assert all(r["log_loss"] < np.log(8) for r in report["genre_report"] if not r["model"].startswith("transfer"))
     for name in ("Rock Artist 1", "Classical Artist 2"):
         assert [n["rank"] for n in report[f"similar to {name}"]] == [1, 2, 3]
     *held_out, newcomer = report["tagged (held-out tracks, then a Jazz track by a new artist)"]
     assert len(held_out) == 3 and newcomer["file"] == "new-music/newcomer.flac"
     assert all(t["genre"] is not None and 0 < t["probability"] <= 1 for t in [*held_out, newcomer])
-    store = Store.open(tmp_path / "store")
+    store = Store.open(demo / "store")
+    fitted = [json.loads(m["metrics"]) for m in store.query("SELECT metrics FROM models WHERE target = 'genre'").to_pylist()]
+    assert len(fitted) == 2 and all(m["temperature"] > 0 for m in fitted)
     assert store.count("features_fma") == 128 and store.count("embeddings") == 5 * 129
     evaluated = store.query("SELECT track_id, genre, probability FROM predictions WHERE rank = 1").to_pylist()
     # One artist per genre held out (8 x 4 tracks), predicted once (tagging replaced, not doubled), and the newcomer.
     assert len(evaluated) == len({e["track_id"] for e in evaluated}) == 8 * 4 + 1
-    assert (tmp_path / "corpus" / "report" / "confusion.png").exists()
+    assert (demo / "store" / "reports" / "evaluate" / "confusion.png").exists()
 
 
 CELLS = st.one_of(st.none(), st.integers(), st.floats(), st.text(), st.lists(st.integers(), max_size=6),

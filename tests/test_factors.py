@@ -51,14 +51,20 @@ def test_game_music_factors_group_artists_of_one_soundtrack(game_factors, cli):
     assert frames == 128 * (1 + 30 * 22050 // 1024)  # every frame of every track has its cluster
 
 
-def test_factors_show_names_the_strongest_factors_and_who_shares_them(game_factors, cli):
+def test_factors_show_describes_each_strong_factor_by_its_typical_artists_and_words(game_factors, cli):
     if not Store.open(game_factors).count("agf"):
         cli("factors", "build", "--clusters", "64", "--topics", "8", "--store", game_factors, "--quiet")
     out = cli("factors", "show", "DOUG KAUFMAN", "--store", game_factors, "--json")
     assert out.exit_code == 0, out.output
     shown = json.loads(out.stdout)
     assert shown["artist"] == "Doug Kaufman" and shown["tracks"] == 6
-    assert [r["source"] for r in shown["factors"]] == ["mfcc", "dmfcc", "tags"]
+    assert list(dict.fromkeys(r["source"] for r in shown["factors"])) == ["mfcc", "dmfcc", "tags"]
+    for row in shown["factors"]:  # each factor in words: its typical artists, and for tags the genres it stands for
+        assert 0 < row["weight"] <= 1 and len(row["typical_artists"].split(", ")) == 3
+        assert "Doug Kaufman" not in row["typical_artists"]
+        assert bool(row["top_words"]) == (row["source"] == "tags")
+    genres = {g["title"] for g in Store.open(game_factors).query("SELECT title FROM genres").to_pylist()}
+    assert all(w in genres for r in shown["factors"] if r["source"] == "tags" for w in r["top_words"].split(", "))
     unknown = cli("factors", "show", "Doug Kaufmann", "--store", game_factors)
     assert unknown.exit_code == 1 and "did you mean 'Doug Kaufman'" in unknown.output
 

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scipy import sparse
 
 from agf.errors import AgfError
 from agf.models.factors import load_factor_model
@@ -191,9 +192,12 @@ def test_ctrl_c_stops_a_query_with_one_line(small_store):
                                stderr=subprocess.PIPE, text=True,
                                # a shell runs background jobs with SIGINT ignored: restore it in the child
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(6)  # past the imports, into the query
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    try:
+        time.sleep(6)  # past the imports, into the query
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
     assert process.returncode != 0 and err.strip().splitlines() == ["Error: query interrupted"], err
 
 
@@ -224,11 +228,10 @@ def test_a_store_agf_writes_holds_no_pickle_and_its_factor_models_reload_exactly
         bags = store.query("SELECT artist_id, word_ids, weights FROM artist_bow WHERE model_id = ? ORDER BY artist_id",
                            [row["model_id"]]).to_pylist()
         stored = store.query("SELECT factors FROM agf WHERE model_id = ? ORDER BY artist_id", [row["model_id"]])
-    matrix = np.zeros((len(bags), dictionary.size), np.float32)
-    for i, bag in enumerate(bags):
-        matrix[i, bag["word_ids"]] = bag["weights"]
+    matrix = sparse.vstack([sparse.csr_matrix((np.asarray(b["weights"], np.float32), b["word_ids"], [0, len(b["word_ids"])]),
+                                              shape=(1, dictionary.size)) for b in bags]).tocsr()
     # the reloaded LDA projects each artist's bag to the factors stored when it was fitted
-    np.testing.assert_allclose(lda.transform(matrix), np.asarray(stored["factors"].to_pylist()), atol=1e-5)
+    np.testing.assert_array_equal(lda.transform(matrix).astype(np.float32), np.asarray(stored["factors"].to_pylist(), np.float32))
 
 
 def _point_models_at(root: Path, path_of: callable) -> None:

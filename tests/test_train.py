@@ -143,9 +143,16 @@ def test_the_whole_learning_half_runs_and_is_evaluated_side_by_side(trainable, c
     names = [n.split(" (")[0] for n in report["models"]]
     assert names == ["genre CNN", "transfer MLP", "baseline: logistic regression on fma"]
     for scores in report["models"].values():
-        assert 0 <= scores["accuracy"] <= 1 and scores["log_loss"] > 0
-        assert sum(map(sum, scores["confusion"])) == 9
+        assert 0 <= scores["accuracy"] <= 1 and scores["log_loss"] > 0 and 0 <= scores["ece"] <= 1
+        assert sum(map(sum, scores["confusion"])) == 9 and sum(scores["reliability"]["count"]) == 9
     assert (tmp_path / "report" / "confusion.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "reliability.png").stat().st_size > 1000
+    # 9 test tracks cannot rank models: said in the report and on stderr, not left to the reader
+    assert report["warnings"] == ["only 9 test tracks (fewer than 30): the scores are too noisy to rank the models"]
+    assert report["support"] == {genre: 3 for genre in report["classes"]}
+    assert "warning: only 9 test tracks" in out.stderr
+    models = store.query("SELECT kind, target, metrics FROM models WHERE target = 'genre'").to_pylist()
+    assert all(json.loads(m["metrics"])["temperature"] > 0 for m in models)  # both genre models are calibrated
     random = cli("evaluate", "--split", "random", "--out", tmp_path / "r2", "--store", trainable, "--json", "--full")
     assert json.loads(random.stdout)["test_artists_also_in_training"] > 0  # said plainly, not hidden
     exact = cli("evaluate", "--precision", "fp32", "--out", tmp_path / "r3", "--store", trainable, "--json", "--full")

@@ -1,5 +1,6 @@
 """Decoding: any supported file to one mono float32 clip at the store's sample rate."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,7 @@ def load_clip(path: Path, sample_rate: int, max_seconds: float) -> tuple[np.ndar
         The whole file's duration in seconds.
     """
     try:
-        with sf.SoundFile(str(path)) as fh:
+        with sf.SoundFile(os.fsencode(path)) as fh:  # bytes: a name that is not UTF-8 opens too
             native_rate, total = fh.samplerate, fh.frames
             keep = min(total, int(round(max_seconds * native_rate)))
             fh.seek(max(0, (total - keep) // 2))

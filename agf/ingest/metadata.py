@@ -13,6 +13,7 @@ from pathlib import Path
 
 from agf.errors import AgfError
 from agf.ingest.audio import AUDIO_EXTENSIONS
+from agf.store.paths import path_text
 
 
 @dataclass
@@ -57,9 +58,12 @@ FMA_REQUIRED = [("track", "genres"), ("artist", "id"), ("artist", "name")]
 def _read_csv_rows(path: Path) -> list[list[str]]:
     try:
         with open(path, newline="", encoding="utf-8", errors="replace") as fh:
-            return list(csv.reader(fh))
+            reader = csv.reader(fh)
+            return list(reader)
     except OSError as exc:
         raise AgfError(f"cannot read {path}: {exc.strerror}") from None
+    except csv.Error as exc:  # e.g. a field over the csv module's 128 KiB limit
+        raise AgfError(f"cannot read {path}, line {reader.line_num}: {exc}") from None
 
 
 def _int_list(text: str) -> list[int]:
@@ -193,23 +197,30 @@ def read_manifest(manifest: Path, audio_dir: Path | None = None, mapping: dict[s
             rows = list(reader)
     except OSError as exc:
         raise AgfError(f"cannot read manifest {manifest}: {exc.strerror}") from None
+    except csv.Error as exc:  # e.g. a field over the csv module's 128 KiB limit
+        raise AgfError(f"cannot read manifest {manifest}, line {reader.line_num}: {exc}") from None
     renamed = {column: mapping.get(column, column) for column in header}
     if "path" not in renamed.values():
         raise AgfError(f"manifest {manifest} has no 'path' column (use --map COLUMN=path)")
     base = Path(audio_dir) if audio_dir else manifest.parent
-    candidates = []
-    for row in rows:
+    candidates, lines = [], {}
+    for line, row in enumerate(rows, start=2):
         record = {renamed[k]: (v or "").strip() for k, v in row.items() if k in renamed}
         if not record.get("path"):
             continue
+        if record.get("track_id"):
+            first = lines.setdefault(record["track_id"], line)
+            if first != line:
+                raise AgfError(f"manifest {manifest}: track_id {record['track_id']!r} is on lines {first} and {line}; "
+                               f"each track needs an id of its own")
         path = Path(record["path"])
         path = path if path.is_absolute() else base / path
         genre = record.get("genre") or None
         candidates.append(
             Candidate(
                 path=path,
-                source_id=record.get("track_id") or str(path),
-                title=record.get("title") or path.stem,
+                source_id=record.get("track_id") or path_text(path),
+                title=record.get("title") or path_text(path.stem),
                 artist=record.get("artist") or None,
                 artist_source_id=record.get("artist_id") or None,
                 album=record.get("album") or None,
@@ -246,7 +257,7 @@ def read_folder(folder: Path) -> list[Candidate]:
     if not folder.is_dir():
         raise AgfError(f"{folder} is not a folder")
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
-    return [_tagged(path, str(path.relative_to(folder))) for path in paths]
+    return [_tagged(path, path_text(path.relative_to(folder))) for path in paths]
 
 
 def read_files(paths: list[Path]) -> list[Candidate]:
@@ -256,7 +267,7 @@ def read_files(paths: list[Path]) -> list[Candidate]:
         if path.is_dir():
             candidates.extend(read_folder(path))
         elif path.exists():
-            candidates.append(_tagged(path, str(path.resolve())))
+            candidates.append(_tagged(path, path_text(path.resolve())))
         else:
             raise AgfError(f"{path} does not exist")
     return candidates
@@ -274,7 +285,7 @@ def _tagged(path: Path, source_id: str) -> Candidate:
     return Candidate(
         path=path,
         source_id=source_id,
-        title=_tag(tags, "title") or path.stem,
+        title=_tag(tags, "title") or path_text(path.stem),
         artist=_tag(tags, "artist") or "unknown",
         album=_tag(tags, "album"),
         genre_top=genre,

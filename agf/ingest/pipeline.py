@@ -9,8 +9,10 @@ audio sha256 is stored are skipped).
 import hashlib
 import os
 import signal
+import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -19,11 +21,12 @@ import pyarrow as pa
 
 from agf.engine import LOCAL, Engine, connect, ray_ingest_results
 from agf.ingest.audio import AudioError, load_clip
+from agf.ingest.compiled import compile_lock
 from agf.ingest.features import DEFAULT_FEATURES, FRAME_EXTRACTORS, VECTOR_EXTRACTORS, Spectra
 from agf.ingest.metadata import Candidate, GenreRow, slug
 from agf.progress import progress_bar
 from agf.store import SCHEMAS, FrameCache, Store, fixed_vectors, now_utc
-from agf.store.paths import open_regular
+from agf.store.paths import open_regular, path_text
 
 
 @dataclass
@@ -66,16 +69,29 @@ class ExtractConfig:
 # -- the worker side ------------------------------------------------------------------------------
 
 _KNOWN_SHA: frozenset = frozenset()
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def _init_worker(known_sha: frozenset) -> None:
+def _init_worker(known_sha: frozenset, parent: int) -> None:
     global _KNOWN_SHA
     _KNOWN_SHA = known_sha
+    die_with_parent(parent)
     # The parent handles Ctrl-C; workers just stop when it shuts the pool down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)  # one BLAS thread per worker process; workers are the parallelism
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this worker process when ``parent`` dies (Linux), so that a killed
+    ingest leaves no worker running on as an orphan."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def sha256_file(path: Path) -> str:
@@ -126,7 +142,8 @@ def warm_up(config: ExtractConfig) -> None:
     if features in _WARM:
         return
     noise = np.random.default_rng(0).uniform(-0.5, 0.5, config.sample_rate).astype(np.float32)
-    _features(Spectra(noise, config.sample_rate), replace(config, features=features))
+    with compile_lock():  # the first computation compiles librosa's numba code: never two processes at once
+        _features(Spectra(noise, config.sample_rate), replace(config, features=features))
     _WARM.add(features)
 
 
@@ -137,6 +154,7 @@ def _work(index: int, path: str, config: ExtractConfig, check_known: bool) -> tu
         return ("error", index, "read", f"cannot read file: {exc.strerror or exc}")
     if check_known and sha in _KNOWN_SHA:
         return ("skip", index, sha)
+    warm_up(config)  # a no-op in a worker forked from a warm parent; a Ray worker compiles here, locked
     try:
         return ("ok", index, sha, extract(Path(path), config))
     except AudioError as exc:
@@ -285,7 +303,7 @@ def ingest(
         kind, index = result[0], result[1]
         candidate = candidates[index]
         if kind == "error":
-            batch.errors.append({"path": str(candidate.path), "stage": result[2], "error": result[3], "at": now_utc()})
+            batch.errors.append({"path": path_text(Path(candidate.path).resolve()), "stage": result[2], "error": result[3], "at": now_utc()})
             summary.failed += 1
             summary.errors[index] = result[3]
             return
@@ -329,7 +347,7 @@ def _track_row(track_id: int, c: Candidate, sha: str, data: dict, ids: _Ids) -> 
     return {
         "track_id": track_id,
         "source_id": c.source_id,
-        "path": str(c.path),
+        "path": path_text(Path(c.path).resolve()),  # absolute: a relative path means nothing from elsewhere
         "audio_sha256": sha,
         "title": c.title,
         "artist_id": artist_id,
@@ -355,7 +373,11 @@ def _commit(store: Store, tables: dict[str, pa.Table], replaced: list[int], conf
 
 
 def _results(candidates: list[Candidate], config: ExtractConfig, workers: int, check_known: bool, known: frozenset):
-    """Yield worker results as they finish, keeping a bounded number of files in flight."""
+    """Yield worker results in the candidates' order, keeping a bounded number of files in flight.
+
+    In order, not as they finish: track ids are assigned as results arrive, so the same files
+    get the same ids (and the factors fitted on them the same dictionary) whatever the timing.
+    """
     if workers <= 1:
         global _KNOWN_SHA
         _KNOWN_SHA = known
@@ -363,19 +385,17 @@ def _results(candidates: list[Candidate], config: ExtractConfig, workers: int, c
             yield _work(index, str(c.path), config, check_known)
         return
     warm_up(config)
-    pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(known,))
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(known, os.getpid()))
     try:
-        pending = set()
+        pending: deque = deque()
         todo = iter(enumerate(candidates))
         while True:
             for index, c in todo:
-                pending.add(pool.submit(_work, index, str(c.path), config, check_known))
+                pending.append(pool.submit(_work, index, str(c.path), config, check_known))
                 if len(pending) >= 4 * workers:
                     break
             if not pending:
                 return
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                yield future.result()
+            yield pending.popleft().result()
     finally:
         pool.shutdown(wait=False, cancel_futures=True)

@@ -1,4 +1,4 @@
-"""The CNN of the winning WWW 2018 entry (METHOD.md), one architecture for every target.
+"""The CNN of the winning WWW 2018 entry (docs/METHOD.md), one architecture for every target.
 
 Input: a patch of the standardised log-mel spectrogram, (batch, 1, 128 mel bands, 43 frames).
 conv 5x5x16 -> max-pool (2, 1); conv 3x3 with 32, 64, 64, 128 filters, each followed by 2x2
@@ -126,7 +126,7 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     """Mean cross-entropy against target distributions (batch, classes).
 
     For soft AGF targets it differs from KL(target || softmax) only by the targets' entropy, so
-    its gradients are the KL divergence's (METHOD.md); for one-hot targets it is the usual loss.
+    its gradients are the KL divergence's (docs/METHOD.md); for one-hot targets it is the usual loss.
     """
     return -(target * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
 

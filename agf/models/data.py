@@ -1,6 +1,6 @@
 """What the networks read: splits of tracks, and patches of the stored log-mel spectrograms.
 
-Crop policy (documented, METHOD.md leaves it open): training draws one random 43-frame patch
+Crop policy (documented in docs/METHOD.md; the authors leave it open): training draws one random 43-frame patch
 per track per draw; inference cuts a clip into consecutive non-overlapping 43-frame patches
 (the last one aligned to the clip's end, so every frame is seen) and averages over them.
 """

@@ -2,8 +2,10 @@
 
 Models: the genre-only CNN, the transfer MLP, and a baseline (logistic regression on the
 ``fma`` features, or on ``mfcc`` features when ``fma`` is not stored). Metrics on the test split:
-accuracy, macro-F1, mean log loss over the genres, per-genre precision and recall, and a
-confusion matrix. The split is the same one training used (same method and seed).
+accuracy, macro-F1, mean log loss over the genres, expected calibration error, per-genre
+precision and recall, a confusion matrix and a reliability diagram. The split is the same one
+training used (same method and seed). A test split too small or too narrow to tell models apart
+is said so, in the report's ``warnings``.
 """
 
 import json
@@ -12,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from agf.errors import AgfError
+from agf.models.calibration import calibrate, reliability
 from agf.models.data import assign_splits
 from agf.models.train import all_tracks, clip_outputs, genre_classes, load_cnn, pick_device, pick_precision
 from agf.models.transfer import transfer_probabilities
@@ -49,10 +52,13 @@ def scores(y_true: list[str], probabilities: np.ndarray, classes: list[str]) -> 
     present = sorted(set(y_true) | set(y_pred))
     precision, recall, _, support = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
     clipped = np.clip(probabilities, 1e-7, 1)
+    curve = reliability(probabilities, np.asarray([classes.index(y) for y in y_true]))
     return {
         "accuracy": round(float(accuracy_score(y_true, y_pred)), 4),
         "macro_f1": round(float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)), 4),
         "log_loss": round(float(log_loss(y_true, clipped / clipped.sum(axis=1, keepdims=True), labels=classes)), 4),
+        "ece": curve.pop("ece"),
+        "reliability": curve,
         "per_genre": {c: {"precision": round(float(p), 3), "recall": round(float(r), 3), "support": int(s)}
                       for c, p, r, s in zip(classes, precision, recall, support)},
         "confusion": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
@@ -81,7 +87,8 @@ def evaluate(store: Store, split: str = "auto", seed: int = 0, out_dir: Path | N
     if (row := latest_model(store, "cnn", "genre")) is not None:
         model, spectra, config = load_cnn(store, row["model_id"])
         _, p = clip_outputs(model, spectra, test_ids, device, precision=precision)
-        models[f"genre CNN ({row['model_id']})"] = _align(p, config["classes"], classes)
+        models[f"genre CNN ({row['model_id']})"] = _align(calibrate(p, config.get("temperature", 1.0)),
+                                                          config["classes"], classes)
     if (row := latest_model(store, "transfer", "genre")) is not None:
         model_classes, p = transfer_probabilities(store, row["model_id"], test_ids)
         models[f"transfer MLP ({row['model_id']})"] = _align(p, model_classes, classes)
@@ -92,6 +99,8 @@ def evaluate(store: Store, split: str = "auto", seed: int = 0, out_dir: Path | N
         "split": split, "seed": seed, "precision": precision, "classes": classes, "test_tracks": len(test),
         "test_artists": len({t["artist_id"] for t in test}),
         "test_artists_also_in_training": len({t["artist_id"] for t in test} & train_artists),
+        "support": {c: y_true.count(c) for c in classes},
+        "warnings": inconclusive(y_true),
         "models": {name: scores(y_true, p, classes) for name, p in models.items()},
     }
     if out_dir is not None:
@@ -99,8 +108,24 @@ def evaluate(store: Store, split: str = "auto", seed: int = 0, out_dir: Path | N
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "report.json").write_text(json.dumps(report, indent=2))
         _plot_confusion(report, out_dir / "confusion.png")
-        report["files"] = [str(out_dir / "report.json"), str(out_dir / "confusion.png")]
+        _plot_reliability(report, out_dir / "reliability.png")
+        report["files"] = [str(out_dir / name) for name in ("report.json", "confusion.png", "reliability.png")]
     return report
+
+
+#: Fewer test tracks than this and the scores' noise hides most differences between models.
+MIN_CONCLUSIVE_TRACKS = 30
+
+
+def inconclusive(y_true: list[str]) -> list[str]:
+    """Why a test split cannot tell models apart, if it cannot: too few tracks, or one genre."""
+    warnings = []
+    if len(y_true) < MIN_CONCLUSIVE_TRACKS:
+        warnings.append(f"only {len(y_true)} test tracks (fewer than {MIN_CONCLUSIVE_TRACKS}): the scores are too "
+                        f"noisy to rank the models")
+    if len(set(y_true)) == 1:
+        warnings.append(f"every test track is {y_true[0]}: accuracy says nothing about telling genres apart")
+    return warnings
 
 
 def _align(probabilities: np.ndarray, model_classes: list[str], classes: list[str]) -> np.ndarray:
@@ -136,7 +161,30 @@ def _plot_confusion(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _plot_reliability(report: dict, path: Path) -> None:
+    """Accuracy against confidence per model, the diagonal being perfect calibration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", label="calibrated")
+    for name, m in report["models"].items():
+        points = [(c, a) for c, a in zip(m["reliability"]["confidence"], m["reliability"]["accuracy"]) if c is not None]
+        ax.plot(*zip(*points), marker="o", label=f"{name.split(' (')[0]} (ECE {m['ece']:.3f})")
+    ax.set_xlabel("confidence (top genre's probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"reliability on {report['test_tracks']} test tracks", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def summary_rows(report: dict) -> list[dict]:
     """One row per model: the side-by-side table ``agf evaluate`` prints."""
-    return [{"model": name, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "log_loss": m["log_loss"]}
-            for name, m in report["models"].items()]
+    return [{"model": name, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "log_loss": m["log_loss"],
+             "ece": m["ece"]} for name, m in report["models"].items()]

@@ -1,24 +1,25 @@
 """Artist Group Factors: cluster dictionaries, artist bag-of-words, and LDA topic mixtures.
 
-For each source (METHOD.md):
+For each source (docs/METHOD.md):
 
 - ``mfcc`` / ``dmfcc``: K-Means over the frame-level MFCC vectors of every track (or their
   frame-to-frame differences), streamed from the frame cache; a track's words are its frames'
   clusters.
 - ``fma`` / ``essentia``: K-Means over one descriptor vector per track; a track is one word.
-- ``tags``: every genre id (``tracks.genres``) and tag of a track is a word.
+- ``tags``: every genre id of a track (``tracks.genres``) is a word; with ``free_tags`` its
+  free tags are words too.
 
 An artist's bag-of-words counts its tracks' words divided by its number of tracks; LDA over the
 artist × word matrix gives each artist a topic mixture, its AGF.
 
-Implementation choices (where the paper and its code are silent, or where speed demands):
-the K-Means dictionary is FAISS K-Means fitted on at most ``max_fit_points`` standardised
-points sampled evenly across tracks (the authors used scikit-learn's MiniBatchKMeans; FAISS
-fits and assigns an order of magnitude faster, see ``bench/factors.py``), and every frame is
-then assigned to its nearest centroid in batches. Points are standardised with a
-StandardScaler (the authors did not standardise the Essentia vectors; ``standardise=False``
-restores that). K is lowered to a quarter of the points when there are fewer than 4 K points
-(a small corpus), and the value used is recorded.
+As the authors do: points are clustered raw (``standardise=True`` scales them first) and every
+artist with a track is fitted on (``min_tracks`` raises that). Where speed demands otherwise:
+the dictionary is FAISS K-Means fitted on at most ``max_fit_points`` points sampled evenly
+across tracks (the authors: scikit-learn's MiniBatchKMeans over every frame; FAISS fits and
+assigns an order of magnitude faster, see ``bench/factors.py``, with the same factors, see
+``bench/fidelity.py``), and every frame is then assigned to its nearest centroid in batches. K
+is lowered to a quarter of the points when there are fewer than 4 K points (a small corpus),
+and the value used is recorded.
 """
 
 import os
@@ -43,16 +44,19 @@ KIND = "factors"
 
 @dataclass
 class FactorParams:
-    """Options of ``agf factors build``; the defaults are the authors' (K=2048, 40 topics)."""
+    """Options of ``agf factors build``; the defaults are the authors' (K=2048, 40 topics, raw
+    frames, every artist fitted, genre ids as the tags source's words). docs/METHOD.md gives
+    the measured effect of each departure."""
 
     clusters: int = 2048
     topics: int = 40
-    min_tracks: int = 2
+    min_tracks: int = 1
     seed: int = 0
     max_fit_points: int = 256 * 2048
     kmeans_iterations: int = 20
     lda_passes: int = 10
-    standardise: bool = True
+    standardise: bool = False
+    free_tags: bool = False
 
 
 # -- reading a source's points ------------------------------------------------------------------
@@ -126,7 +130,9 @@ class Dictionary:
 def fit_dictionary(source: str, points: _Points | None, tracks: list[dict], params: FactorParams) -> Dictionary:
     """Fit the scaler and K-Means (or the tag vocabulary) on ``tracks``."""
     if source == "tags":
-        words = sorted({w for t in tracks for w in _words(t)})
+        words = sorted({w for t in tracks for w in _words(t, params.free_tags)})
+        if not words:
+            raise AgfError("tags: no track has a genre" + ("" if params.free_tags else " (add --free-tags to use tags)"))
         return Dictionary(source, vocabulary={w: i for i, w in enumerate(words)})
     import faiss
 
@@ -145,8 +151,11 @@ def fit_dictionary(source: str, points: _Points | None, tracks: list[dict], para
     return Dictionary(source, mean=mean.astype(np.float32), scale=scale, centroids=kmeans.centroids.copy())
 
 
-def _words(track: dict) -> list[str]:
-    return [f"genre:{g}" for g in track["genres"] or []] + [f"tag:{t.casefold()}" for t in track["tags"] or []]
+def _words(track: dict, free_tags: bool = True) -> list[str]:
+    """A track's words for the tags source: its genre ids (FMA's ``track.genres``, as the authors
+    use them) and, with ``free_tags``, its free tags too."""
+    genres = [f"genre:{g}" for g in track["genres"] or []]
+    return genres + [f"tag:{t.casefold()}" for t in track["tags"] or []] if free_tags else genres
 
 
 def histograms(dictionary: Dictionary, points: _Points | None, tracks: list[dict], quiet: bool = True,
@@ -226,18 +235,20 @@ def _tracks(store: Store) -> list[dict]:
     return store.query("SELECT track_id, artist_id, genres, tags FROM tracks ORDER BY track_id").to_pylist()
 
 
-def default_sources(store: Store) -> list[str]:
-    """The sources the stored data supports: mfcc, dmfcc, each stored descriptor set, tags."""
+def default_sources(store: Store, free_tags: bool = False) -> list[str]:
+    """The sources the stored data supports: mfcc, dmfcc, each stored descriptor set, tags (when
+    a track has a genre, or with ``free_tags`` a tag)."""
     sources = list(FRAME_SOURCES)
     sources += [s for s in VECTOR_SOURCES if store.count(f"features_{s}")]
-    if store.query("SELECT count(*) AS n FROM tracks WHERE len(genres) > 0 OR len(tags) > 0")["n"][0].as_py():
+    words = "len(genres) > 0 OR len(tags) > 0" if free_tags else "len(genres) > 0"
+    if store.query(f"SELECT count(*) AS n FROM tracks WHERE {words}")["n"][0].as_py():
         sources.append("tags")
     return sources
 
 
-def parse_sources(store: Store, spec: str | None) -> list[str]:
+def parse_sources(store: Store, spec: str | None, free_tags: bool = False) -> list[str]:
     if not spec:
-        return default_sources(store)
+        return default_sources(store, free_tags)
     names = [s.strip() for s in spec.split(",") if s.strip()]
     unknown = [s for s in names if s not in SOURCES]
     if unknown:
@@ -265,6 +276,36 @@ def make_lda(topics: int, n_artists: int, passes: int, seed: int):
                                      n_jobs=os.cpu_count() if large else None)
 
 
+COLLAPSE_SHARE = 0.5
+
+
+def diagnostics(factors: np.ndarray) -> dict:
+    """How well factors tell artists apart.
+
+    Parameters
+    ----------
+    factors : np.ndarray, shape (n_artists, n_topics)
+        Each row a topic mixture.
+
+    Returns
+    -------
+    dict
+        ``dominant_topics`` (distinct strongest topics over the artists), ``largest_topic_share``
+        (the share of artists whose strongest topic is the most common one),
+        ``near_identical_pairs`` (artist pairs with cosine above 0.9999) and ``collapsed``
+        (more than half the artists, of at least 4, share one dominant topic).
+    """
+    n = len(factors)
+    if n == 0:
+        return {"dominant_topics": 0, "largest_topic_share": 0.0, "near_identical_pairs": 0, "collapsed": False}
+    dominant = np.argmax(factors, axis=1)
+    share = float(np.bincount(dominant).max() / n)
+    unit = factors / np.maximum(np.linalg.norm(factors, axis=1, keepdims=True), 1e-12)
+    near = int((np.triu(unit @ unit.T, k=1) > 0.9999).sum())
+    return {"dominant_topics": int(len(np.unique(dominant))), "largest_topic_share": round(share, 3),
+            "near_identical_pairs": near, "collapsed": bool(n >= 4 and share > COLLAPSE_SHARE)}
+
+
 def _build_source(store: Store, source: str, tracks: list[dict], params: FactorParams, quiet: bool) -> dict:
     started = time.perf_counter()
     points = None if source == "tags" else _Points(store, source)
@@ -287,12 +328,17 @@ def _build_source(store: Store, source: str, tracks: list[dict], params: FactorP
     perplexity = float(lda.perplexity(bags[fit_rows]))
     factors = lda.transform(bags)
     seconds = time.perf_counter() - started
+    checks = diagnostics(factors)
     summary = {
         "source": source, "clusters": dictionary.size if source != "tags" else None,
-        "words": dictionary.size, "topics": params.topics, "tracks": len(usable),
-        "artists_fit": len(fit_rows), "artists": len(artist_ids), "perplexity": round(perplexity, 2),
-        "seconds": round(seconds, 2),
+        "words": dictionary.size, "words_used": int(np.count_nonzero(bags.getnnz(axis=0))), "topics": params.topics,
+        "tracks": len(usable), "artists_fit": len(fit_rows), "artists": len(artist_ids),
+        "perplexity": round(perplexity, 2), **checks, "seconds": round(seconds, 2),
     }
+    if checks["collapsed"]:
+        say(f"warning: the {source} factors have collapsed: {checks['largest_topic_share']:.0%} of artists share one "
+            f"dominant topic ({checks['dominant_topics']} distinct); fewer --clusters or --topics, or more artists, "
+            f"may help", quiet)
     model_id = save_arrays(store, KIND, source, flatten_state({"dictionary": dictionary, "lda": lda}),
                            {**asdict(params), "clusters_used": dictionary.size},
                            {k: summary[k] for k in ("perplexity", "artists_fit", "artists", "tracks", "seconds")})
@@ -313,15 +359,16 @@ def load_factor_model(store: Store, model_id: str):
         saved, fitted = state["dictionary"], state["lda"]
         dictionary = Dictionary(str(saved["source"]), saved.get("mean"), saved.get("scale"), saved.get("centroids"),
                                 saved.get("vocabulary"))
-        components = np.asarray(fitted["components_"], np.float64)
+        components = np.asarray(fitted["components_"])  # in the dtype fitted (float32 bags fit float32)
         lda = LatentDirichletAllocation(n_components=components.shape[0],
                                         max_doc_update_iter=int(fitted["max_doc_update_iter"]),
                                         mean_change_tol=float(fitted["mean_change_tol"]))
         lda.components_, lda.n_features_in_ = components, components.shape[1]
-        lda.exp_dirichlet_component_ = np.asarray(fitted["exp_dirichlet_component_"], np.float64)
+        lda.exp_dirichlet_component_ = np.asarray(fitted["exp_dirichlet_component_"])
         lda.doc_topic_prior_ = float(fitted["doc_topic_prior_"])
         lda.topic_word_prior_ = float(fitted["topic_word_prior_"])
-        consistent = (components.ndim == 2 and lda.exp_dirichlet_component_.shape == components.shape
+        consistent = (components.ndim == 2 and components.dtype.kind == "f"
+                      and lda.exp_dirichlet_component_.shape == components.shape
                       and components.shape[1] == dictionary.size and _dictionary_consistent(dictionary))
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise AgfError(f"factor model {model_id} is incomplete ({type(exc).__name__}: {exc})") from None
@@ -413,8 +460,13 @@ def current_factors(store: Store, source: str) -> tuple[list[int], np.ndarray]:
     return ids, matrix
 
 
-def show_artist(store: Store, artist: dict, top: int = 5) -> dict:
-    """An artist's strongest factors per source, and the artists that share its strongest one."""
+def show_artist(store: Store, artist: dict, top: int = 3) -> dict:
+    """An artist's strongest factors per source, each described in words people can read.
+
+    A factor is described by its most typical artists (the others with the highest weight on
+    it) and, for the tags source, by its top words (the genres it weighs most). Factors under
+    5 % of the artist's mixture are left out, the strongest always kept.
+    """
     names = {r["artist_id"]: r["name"] for r in store.query("SELECT artist_id, name FROM artists").to_pylist()}
     rows = []
     for source in SOURCES:
@@ -422,15 +474,24 @@ def show_artist(store: Store, artist: dict, top: int = 5) -> dict:
         if artist["artist_id"] not in ids:
             continue
         vector = matrix[ids.index(artist["artist_id"])]
-        order = np.argsort(-vector)
-        strongest = int(order[0])
-        sharing = [i for i in np.argsort(-matrix[:, strongest]) if ids[i] != artist["artist_id"]][:top]
-        rows.append({
-            "source": source,
-            "top_factors": ", ".join(f"{int(f)}:{vector[f]:.2f}" for f in order[:3]),
-            "shares_factor_with": ", ".join(f"{names[ids[i]]} ({matrix[i, strongest]:.2f})" for i in sharing),
-        })
+        words = _factor_words(store, source) if source == "tags" else {}
+        for rank, factor in enumerate(np.argsort(-vector)[:top]):
+            if rank and vector[factor] < 0.05:
+                break
+            typical = [i for i in np.argsort(-matrix[:, factor]) if ids[i] != artist["artist_id"]][:top]
+            rows.append({
+                "source": source, "factor": int(factor), "weight": round(float(vector[factor]), 3),
+                "typical_artists": ", ".join(names[ids[i]] for i in typical),
+                "top_words": ", ".join(words.get(int(factor), [])),
+            })
     if not rows:
         raise AgfError(f"{artist['name']} has no factors yet: run `agf factors build` (or `agf factors update`)")
     return {"artist": artist["name"], "artist_id": artist["artist_id"], "tracks": artist["tracks"], "factors": rows}
 
+
+def _factor_words(store: Store, source: str, top: int = 3) -> dict[int, list[str]]:
+    """Each factor's ``top`` words by LDA weight, genre ids named by the genres table."""
+    dictionary, lda = load_factor_model(store, latest_model(store, KIND, source)["model_id"])
+    titles = {f"genre:{r['genre_id']}": r["title"] for r in store.query("SELECT genre_id, title FROM genres").to_pylist()}
+    word_of = {i: titles.get(w, w.removeprefix("tag:")) for w, i in dictionary.vocabulary.items()}
+    return {f: [word_of[i] for i in np.argsort(-row)[:top]] for f, row in enumerate(lda.components_)}

@@ -21,6 +21,7 @@ from agf.models.transfer import load_transfer, transfer_probabilities
 from agf.progress import progress_bar
 from agf.store import Store
 from agf.store.models import latest_model
+from agf.store.paths import path_text
 
 STAGES = ("ingest", "embed", "classify", "write")
 
@@ -72,12 +73,12 @@ class Tagger:
         for index, c in enumerate(chunk):
             track_id = summary.track_ids.get(index)
             if track_id is None:
-                rows.append({"path": str(c.path), "track_id": None, "genre": None, "probability": None, "top": None,
+                rows.append({"path": path_text(c.path), "track_id": None, "genre": None, "probability": None, "top": None,
                              "error": summary.errors.get(index, "not ingested")})
                 continue
             p = probabilities[track_id]
             order = p.argsort()[::-1][:top]
-            rows.append({"path": str(c.path), "track_id": track_id, "genre": self.classes[order[0]],
+            rows.append({"path": path_text(c.path), "track_id": track_id, "genre": self.classes[order[0]],
                          "probability": round(float(p[order[0]]), 4),
                          "top": ", ".join(f"{self.classes[i]} {p[i]:.2f}" for i in order), "error": None})
         return rows

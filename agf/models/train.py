@@ -1,6 +1,6 @@
 """Training the CNNs (genre, and one per AGF source), checkpoints, and track embeddings.
 
-Choices METHOD.md leaves open, as defaults (all options): batch 32; an epoch draws 8 random
+Choices the authors leave open (docs/METHOD.md), as defaults (all options): batch 32; an epoch draws 8 random
 patches per training track; at most 20 epochs, early stopping after 3 epochs without a lower
 validation loss (the best weights are kept); the learning rate halves when validation loss
 stalls for an epoch. Validation loss is the clip-level loss of the mean patch probabilities.
@@ -17,6 +17,7 @@ import torch
 
 from agf.engine import LOCAL, Engine, ray_embeddings
 from agf.errors import AgfError
+from agf.models.calibration import fit_temperature
 from agf.models.cnn import EMBEDDING_DIM, GenreCNN, inference_copy, soft_cross_entropy
 from agf.models.data import Spectrograms, assign_splits
 from agf.models.factors import SOURCES as AGF_SOURCES
@@ -171,6 +172,10 @@ def fit_cnn(store: Store, target: str, params: TrainParams, quiet: bool = False)
                "train_tracks": len(train), "val_tracks": len(val), "seconds": round(time.perf_counter() - started, 2),
                "train_samples_per_s": round(samples / max(train_seconds, 1e-9), 1)}
     config = {"target": target, "classes": classes, "n_mels": spectra.n_mels, "params": asdict(params)}
+    if target == "genre":  # a probability over genres is read as one: calibrate it on the validation split
+        _, probabilities = clip_outputs(model, spectra, [labelled[i]["track_id"] for i in val], device)
+        config["temperature"] = fit_temperature(probabilities, np.argmax(y[val], axis=1))
+        metrics["temperature"] = round(config["temperature"], 4)
     return model, spectra, config, metrics
 
 

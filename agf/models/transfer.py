@@ -10,6 +10,7 @@ import pyarrow as pa
 import torch
 
 from agf.errors import AgfError
+from agf.models.calibration import calibrate, fit_temperature
 from agf.models.cnn import TransferMLP
 from agf.models.train import MIN_TRAINING_TRACKS, all_tracks, cnn_models, genre_classes, pick_device, prediction_rows
 from agf.models.data import assign_splits
@@ -95,11 +96,16 @@ def train_transfer(store: Store, params: TransferParams, quiet: bool = False) ->
         elif (stale := stale + 1) >= params.patience:
             break
     model.load_state_dict(best_state)
+    model.eval()
+    with torch.no_grad():
+        temperature = fit_temperature(torch.softmax(model(xv), dim=1).cpu().numpy(), yv.cpu().numpy())
     buffer = io.BytesIO()
-    config = {"models": model_ids, "classes": classes, "hidden": model.hidden}
+    config = {"models": model_ids, "classes": classes, "hidden": model.hidden, "temperature": temperature}
     torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "config": config,
                 "mean": torch.from_numpy(mean), "std": torch.from_numpy(std)}, buffer)
     metrics = {"val_loss": round(best, 4), "epochs": epochs, "train_tracks": len(train), "val_tracks": len(val),
+               "temperature": round(temperature, 4),
+               "temperature_fitted_on": "validation" if by_split["validation"] else "training",
                "seconds": round(time.perf_counter() - started, 2)}
     model_id = save_model(store, "transfer", "genre", buffer.getvalue(), {**asdict(params), **config}, metrics, "model.pt")
     test_ids = [t["track_id"] for t in by_split["test"]]
@@ -127,4 +133,5 @@ def transfer_probabilities(store: Store, model_id: str, track_ids: list[int], lo
     """
     model, config, mean, std = loaded or load_transfer(store, model_id)
     x = (embedding_matrix(store, config["models"], track_ids) - mean) / std
-    return config["classes"], torch.softmax(model(torch.from_numpy(x.astype(np.float32))), dim=1).numpy()
+    probabilities = torch.softmax(model(torch.from_numpy(x.astype(np.float32))), dim=1).numpy()
+    return config["classes"], calibrate(probabilities, config.get("temperature", 1.0))

@@ -59,13 +59,14 @@ class FrameCache:
         try:
             mode = path.lstat().st_mode
         except FileNotFoundError:
-            raise KeyError(f"no {self.kind} frames for track {track_id}") from None
+            raise AgfError(f"the {self.kind} frames of track {track_id} are missing ({path}): the store is damaged, "
+                           f"run `agf check`") from None
         if not stat.S_ISREG(mode):
             raise AgfError(f"{self.kind} frames of track {track_id}: {path} is not a regular file: refused")
         try:
             return np.load(path, mmap_mode="r")
         except (ValueError, OSError, EOFError) as exc:
-            raise AgfError(f"{self.kind} frames of track {track_id} are damaged ({exc})") from None
+            raise AgfError(f"the {self.kind} frames of track {track_id} are damaged ({exc}): run `agf check`") from None
 
     def __contains__(self, track_id: int) -> bool:
         return self.path(track_id).exists()

@@ -153,7 +153,7 @@ def save_index(store: Store, vi: VectorIndex) -> Path:
     meta = {**vi.meta, "sha256": hashlib.sha256(data).hexdigest()}
     sidecar = path.with_suffix(".json")
     sidecar.with_suffix(".json.tmp").write_text(json.dumps(meta, indent=2))
-    with commit_lock(store.root, exclusive=True):  # a reader sees the old pair or the new pair
+    with commit_lock(store.root, exclusive=True, wait=store.wait):  # a reader sees the old pair or the new pair
         tmp.replace(path)
         sidecar.with_suffix(".json.tmp").replace(sidecar)
     vi.meta = meta
@@ -172,7 +172,7 @@ def load_index(store: Store, space: str, level: str) -> VectorIndex:
         key = (str(path), path.stat().st_mtime_ns)
         if key in _LOADED:
             return _LOADED[key]
-        meta = _sidecar(store, path.with_suffix(".json"))
+        meta = read_sidecar(store, path.with_suffix(".json"))
         data = read_store_file(store.root, path.relative_to(store.root), f"the {level} index of {space}")
     if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
         raise AgfError(f"index file {path} does not match the sha256 in its sidecar; it was changed or "
@@ -195,7 +195,7 @@ _SIDECAR = {"space": str, "level": str, "kind": str, "sha256": str, "source_vers
             "count": int, "dim": int, "recall_at_10": (int, float)}
 
 
-def _sidecar(store: Store, path: Path) -> dict:
+def read_sidecar(store: Store, path: Path) -> dict:
     """An index's JSON sidecar, read as a regular file inside the store."""
     try:
         meta = json.loads(read_store_file(store.root, path.relative_to(store.root), "an index sidecar"))
@@ -208,4 +208,4 @@ def _sidecar(store: Store, path: Path) -> dict:
 
 def list_indexes(store: Store) -> list[dict]:
     folder = inside(store.root, "indexes", "the index folder")
-    return [_sidecar(store, p) for p in sorted(folder.glob("*.json"))]
+    return [read_sidecar(store, p) for p in sorted(folder.glob("*.json"))]

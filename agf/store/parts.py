@@ -16,6 +16,8 @@ import contextlib
 import fcntl
 import json
 import os
+import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +32,17 @@ JOURNAL_DIR = "journal"
 COMMIT_LOCK = "commit.lock"
 
 
+#: Seconds a writer waits for readers to let go of the commit lock before giving up.
+DEFAULT_WAIT = 60.0
+
+
 @contextlib.contextmanager
-def commit_lock(root: Path, exclusive: bool):
+def commit_lock(root: Path, exclusive: bool, wait: float = DEFAULT_WAIT):
     """Hold the store's commit lock: exclusive to apply a commit, shared to read a snapshot.
 
-    A reader that cannot open the lock file (a read-only copy of a store) reads unlocked.
+    A writer that finds readers holding it says so on stderr and waits at most ``wait`` seconds,
+    then raises :class:`AgfError`. A reader that cannot open the lock file (a read-only copy of a
+    store) reads unlocked.
     """
     try:
         fd = os.open(Path(root) / COMMIT_LOCK, os.O_RDWR | os.O_CREAT if exclusive else os.O_RDONLY)
@@ -44,10 +52,31 @@ def commit_lock(root: Path, exclusive: bool):
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        if exclusive:
+            _wait_for_readers(fd, wait)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_SH)
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def _wait_for_readers(fd: int, wait: float) -> None:
+    deadline = time.monotonic() + wait
+    told = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        if time.monotonic() >= deadline:
+            raise AgfError(f"gave up after {wait:g} s waiting for readers of the store (agf sql, similar, ...) to "
+                           f"finish; nothing was committed: run the command again, or give it a longer --wait")
+        if not told:
+            sys.stderr.write(f"waiting for readers of the store to finish (at most {wait:g} s, --wait to change)\n")
+            told = True
+        time.sleep(0.05)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -67,6 +96,7 @@ class Transaction:
     renames: list[tuple[str, str]] = field(default_factory=list)
     deletions: list[str] = field(default_factory=list)
     committed: bool = False
+    wait: float = DEFAULT_WAIT
     _count: int = 0
 
     def write_part(self, table_dir: Path, table: pa.Table, metadata: dict | None = None) -> Path:
@@ -105,10 +135,11 @@ class Transaction:
         tmp.write_text(json.dumps({"renames": self.renames, "deletions": self.deletions}))
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, journal)
-        _fsync_dir(journal_dir)
-        self.committed = True
-        with commit_lock(self.root, exclusive=True):
+        # the lock before the commit point: a writer that gives up waiting for readers commits nothing
+        with commit_lock(self.root, exclusive=True, wait=self.wait):
+            os.replace(tmp, journal)
+            _fsync_dir(journal_dir)
+            self.committed = True
             _apply(self.root, journal)
 
     def abort(self) -> None:
@@ -120,6 +151,7 @@ class Transaction:
             return
         for tmp, _ in self.renames:
             (self.root / tmp).unlink(missing_ok=True)
+        (self.root / JOURNAL_DIR / f"{self.txn_id}.json.tmp").unlink(missing_ok=True)
         self.renames.clear()
         self.deletions.clear()
 

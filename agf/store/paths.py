@@ -68,3 +68,12 @@ def read_store_file(root: Path, relative: str | os.PathLike, what: str) -> bytes
             return fh.read()
     except OSError as exc:
         raise AgfError(f"{what}: {path} cannot be read: {exc.strerror or exc}") from None
+
+
+def path_text(path: str | os.PathLike) -> str:
+    """A file system path as text a table can hold (valid UTF-8).
+
+    A name that is not UTF-8 (say ``bad\\xff.mp3`` written by another system) keeps its
+    undecodable bytes as ``\\xNN`` escapes, so it is stored and shown instead of failing.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from agf import __version__
 from agf.errors import AgfError
-from agf.store.parts import COMMIT_LOCK, Transaction, commit_lock, finish_commits, recover
+from agf.store.parts import COMMIT_LOCK, DEFAULT_WAIT, Transaction, commit_lock, finish_commits, recover
 from agf.store.paths import inside, open_regular
 from agf.store.schemas import SCHEMAS, VECTOR_COLUMNS, conform
 
@@ -51,7 +51,7 @@ DEFAULT_CONFIG = {
     "sample_rate": 22050,
     "clip_seconds": 30.0,
     "frames": {
-        # log-mel for the CNNs (METHOD.md): 128 bands, n_fft 1024, hop 512, dB
+        # log-mel for the CNNs (docs/METHOD.md): 128 bands, n_fft 1024, hop 512, dB
         "logmel": {"n_mels": 128, "n_fft": 1024, "hop_length": 512, "dtype": "float16"},
         # frame-level MFCC for the mfcc/dmfcc factors: 13 coefficients of 40 mel bands, n_fft 2048, hop 1024
         "mfcc": {"n_mfcc": 13, "n_mels": 40, "n_fft": 2048, "hop_length": 1024, "dtype": "float16"},
@@ -89,26 +89,33 @@ class Store:
         Whether this process holds the writer lock.
     """
 
-    def __init__(self, root: Path, config: dict, writable: bool, lock_fd: int | None = None):
+    def __init__(self, root: Path, config: dict, writable: bool, lock_fd: int | None = None,
+                 wait: float = DEFAULT_WAIT):
         self.root = root
         self.config = config
         self.writable = writable
+        self.wait = wait
         self._lock_fd = lock_fd
 
     # -- opening -------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, root, *, create: bool = False, write: bool = False, older: bool = False, **config) -> "Store":
+    def open(cls, root, *, create: bool = False, write: bool = False, older: bool = False,
+             wait: float = DEFAULT_WAIT, **config) -> "Store":
         """Open the store at ``root``; with ``create``, make it first if it does not exist.
 
         ``config`` (e.g. ``sample_rate=22050``) applies only to a store being created. ``older``
         (with ``write``) opens a store of an older format, for :mod:`agf.store.migrations` only.
+        ``wait`` is how many seconds a commit waits for readers before giving up.
         Raises :class:`AgfError` for a missing or malformed store, a store of another format,
         or a store locked by another writer.
         """
         root = Path(root).expanduser().resolve()
         meta_path = root / "store.json"
         if not meta_path.exists():
+            if (root / "tables").exists():  # a store whose store.json was lost: defaults would misread it
+                raise AgfError(f"{root} holds an agf store's tables but no store.json; restore store.json (its sample "
+                               f"rate and frame parameters) rather than let agf guess them")
             if not create:
                 raise AgfError(f"no agf store at {root} (run `agf ingest` or `agf demo` to create one)")
             cls._create(root, config)
@@ -124,7 +131,7 @@ class Store:
             raise AgfError(f"store {root} has format version {version}, older than this agf's ({FORMAT_VERSION}): "
                            f"run `agf migrate --store {root}` to upgrade it in place")
         lock_fd = cls._lock(root) if write else None
-        store = cls(root, meta, writable=write, lock_fd=lock_fd)
+        store = cls(root, meta, writable=write, lock_fd=lock_fd, wait=wait)
         store.found_version = version  # before any migration
         if write:
             recover(root, store.tables_dir)
@@ -197,6 +204,10 @@ class Store:
     def sample_rate(self) -> int:
         return int(self.config["sample_rate"])
 
+    def report_dir(self, name: str) -> Path:
+        """``reports/<name>/``: where a command writes files for people to read (not created here)."""
+        return inside(self.root, f"reports/{name}", "a report folder")
+
     def table_dir(self, name: str) -> Path:
         if name not in SCHEMAS:
             raise AgfError(f"unknown table {name!r}; tables are: {', '.join(SCHEMAS)}")
@@ -246,7 +257,7 @@ class Store:
             added = append.pop(name, None)
             replace[name] = _concat(name, [kept] + ([added] if added is not None else []))
         metadata = {"format_version": FORMAT_VERSION, "versions": library_versions(), "params": params or {}}
-        txn = Transaction(self.root, txn_id=f"{time.time_ns():016x}")
+        txn = Transaction(self.root, txn_id=f"{time.time_ns():016x}", wait=self.wait)
         try:
             for name, table in {**append, **replace}.items():
                 table = conform(name, table)
@@ -285,7 +296,7 @@ class Store:
             try:
                 merged = _concat(name, [pq.read_table(p) for p in parts])
             except (pa.ArrowException, OSError) as exc:
-                raise AgfError(f"table {name} has a damaged part: {_one_line(exc)}; nothing was compacted") from None
+                raise damaged(name, exc) from None
             self.write(replace={name: merged}, params={"compacted_parts": len(parts)})
             done[name] = (len(parts), len(self.parts(name)))
         return done
@@ -370,7 +381,8 @@ class Store:
                 _refuse_writes(con, sql)
                 return _interruptible(con, sql, timeout)
             except (duckdb.Error, pa.ArrowException, OSError) as exc:
-                raise AgfError(_one_line(exc)) from None
+                scanned = re.search(r"registered as 'parts_(\w+)' failed: (.*)", str(exc), re.DOTALL)
+                raise (damaged(scanned[1], scanned[2]) if scanned else AgfError(_one_line(exc))) from None
             finally:
                 con.close()
 
@@ -395,7 +407,7 @@ class Store:
             try:
                 return sum(pq.read_metadata(p).num_rows for p in parts)
             except (pa.ArrowException, OSError) as exc:
-                raise AgfError(f"table {name} has a damaged part: {_one_line(exc)}") from None
+                raise damaged(name, exc) from None
 
     def info(self) -> dict:
         """The store's path, format, tables (rows, parts, bytes), frame caches, indexes and models."""
@@ -418,6 +430,7 @@ class Store:
         models = self.query("SELECT model_id, kind, target, created_at FROM models ORDER BY created_at")
         return {
             "path": str(self.root),
+            "agf_version": __version__,
             "format_version": self.config["format_version"],
             "sample_rate": self.sample_rate,
             "tables": tables,
@@ -536,6 +549,11 @@ def _interruptible(con: duckdb.DuckDBPyConnection, sql: str, timeout: float | No
     return outcome["table"]
 
 
-def _one_line(exc: Exception) -> str:
+def damaged(table: str, cause: Exception | str) -> AgfError:
+    """The one-line error for a table part that cannot be read, pointing to ``agf check``."""
+    return AgfError(f"table {table} has a damaged part ({_one_line(cause)[:300]}): run `agf check` to find it")
+
+
+def _one_line(exc: Exception | str) -> str:
     text = " ".join(str(exc).split())
     return text[:500]

@@ -1,0 +1,240 @@
+"""Robustness: everyday runs never crash, hang, or leave debris behind.
+
+Each test is one of the ordinary mistakes and accidents a new user meets: two first runs at
+once, a file name from another system, a FIFO in a manifest, a killed ingest, a damaged part,
+a reader holding the store, a lost store.json.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from agf.store import Store
+from agf.store.parts import commit_lock
+from killing import AGF, survivors
+
+
+def one_error_line(result) -> str:
+    lines = result.output.strip().splitlines()
+    assert result.exit_code != 0 and len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]
+
+
+def tone(path: Path, hz: float, seconds: float = 2.0, rate: int = 22050) -> Path:
+    t = np.arange(int(seconds * rate)) / rate
+    sf.write(os.fsencode(path), (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32), rate, format="WAV")
+    return path
+
+
+def copy_of(source: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    shutil.copytree(source, root)
+    return root
+
+
+def test_first_runs_at_once_on_an_empty_compiled_cache_all_succeed_and_so_does_the_next(tmp_path):
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    tone(folder / "a.wav", 440.0)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}  # empty: every run would compile
+    command = [*AGF, "ingest", str(folder), "--features", "fma", "--workers", "1", "--quiet", "--json"]
+    runs = [subprocess.Popen([*command, "--store", str(tmp_path / f"s{i}")], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for i in range(3)]
+    results = [(run.wait(timeout=600), *run.communicate()) for run in runs]
+    assert [code for code, _, _ in results] == [0, 0, 0], [err for _, _, err in results]
+    assert all(json.loads(out)["ingested"] == 1 for _, out, _ in results)
+    assert (tmp_path / "numba" / ".agf-compile.lock").exists() and any((tmp_path / "numba").rglob("*.nbi"))
+    again = subprocess.run([*command, "--store", str(tmp_path / "s3")], env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and json.loads(again.stdout)["ingested"] == 1, again.stderr
+
+
+def test_a_file_name_that_is_not_utf8_is_ingested_and_shown_escaped(tmp_path, cli):
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    odd = tone(Path(os.fsdecode(bytes(folder) + b"/bad\xff\xfe.wav")), 330.0)
+    tone(folder / "good.wav", 550.0)
+    out = cli("ingest", folder, "--store", tmp_path / "s", "--json", "--quiet")
+    assert out.exit_code == 0 and json.loads(out.stdout)["ingested"] == 2, out.output
+    paths = json.loads(cli("sql", "select path from tracks order by path", "--store", tmp_path / "s", "--json").stdout)
+    assert [p["path"] for p in paths] == [f"{folder}/bad\\xff\\xfe.wav", f"{folder}/good.wav"]
+    assert odd.exists()
+    again = cli("ingest", folder, "--store", tmp_path / "s", "--json", "--quiet")
+    assert json.loads(again.stdout)["skipped"] == 2
+
+
+def test_fifos_devices_and_folders_in_a_manifest_become_error_rows_without_hanging(tmp_path):
+    os.mkfifo(tmp_path / "pipe.mp3")
+    (tmp_path / "folder.mp3").mkdir()
+    tone(tmp_path / "real.wav", 440.0)
+    (tmp_path / "m.csv").write_text("path\npipe.mp3\n/dev/zero\nfolder.mp3\nreal.wav\n")
+    result = subprocess.run([*AGF, "ingest", str(tmp_path), "--manifest", str(tmp_path / "m.csv"), "--store",
+                             str(tmp_path / "s"), "--json", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and json.loads(result.stdout)["failed"] == 3, result.stderr
+    with Store.open(tmp_path / "s") as store:
+        errors = store.query("SELECT path, error FROM ingest_errors ORDER BY path").to_pylist()
+    assert sorted(e["error"] for e in errors) == ["cannot read file: not a regular file (a FIFO)",
+                                                  "cannot read file: not a regular file (a device or socket)",
+                                                  "cannot read file: not a regular file (a folder)"]
+
+
+def test_a_killed_ingest_leaves_no_worker_running(small_corpus, tmp_path):
+    root = tmp_path / "s"
+    process = subprocess.Popen([*AGF, "ingest", str(small_corpus.parent), "--manifest", str(small_corpus),
+                                "--workers", "2", "--part-size", "2", "--store", str(root), "--quiet"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(survivors(process.pid)) < 3 and time.monotonic() < deadline:  # agf and its two workers
+            time.sleep(0.05)
+        workers = [pid for pid in survivors(process.pid) if pid != process.pid]
+        assert len(workers) == 2
+        os.kill(process.pid, signal.SIGKILL)  # the parent alone, as `kill -9` does
+        process.wait()
+        deadline = time.monotonic() + 10
+        while survivors(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert survivors(process.pid) == []
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_damaged_part_is_one_line_everywhere_and_agf_check_names_and_sets_it_aside(small_store, tmp_path, cli):
+    root = copy_of(small_store, tmp_path)
+    part = max((root / "tables" / "tracks").glob("*.parquet"), key=lambda p: p.stat().st_size)
+    _truncate(part)
+    for command in (("info",), ("tables",), ("sql", "select count(*) from tracks"), ("compact",)):
+        assert "run `agf check`" in one_error_line(cli(*command, "--store", root)), command
+    out = cli("check", "--store", root, "--json")
+    assert out.exit_code == 1 and "1 damaged of" in out.stderr
+    [finding] = json.loads(out.stdout)
+    assert finding["kind"] == "table" and finding["name"] == "tracks" and finding["file"] == str(part.relative_to(root))
+    assert finding["rebuild"].startswith("agf ingest")
+    repaired = json.loads(cli("check", "--repair", "--store", root, "--json").stdout)
+    assert repaired[0]["action"].startswith("moved to quarantine/") and not part.exists()
+    assert list((root / "quarantine").rglob(part.name))
+    assert cli("check", "--store", root).exit_code == 0
+    assert cli("sql", "select count(*) from tracks", "--store", root).exit_code == 0
+
+
+def test_agf_check_finds_damaged_frames_indexes_and_models(trained, tmp_path, cli):
+    root = copy_of(trained["store"], tmp_path)
+    assert cli("index", "build", "--store", root, "--quiet").exit_code == 0
+    assert cli("check", "--store", root).exit_code == 0
+    frame = next((root / "frames" / "logmel").rglob("*.npy"))
+    _truncate(frame)
+    index = next((root / "indexes").glob("*.faiss"))
+    index.write_bytes(index.read_bytes()[:-8] + b"tampered")
+    model = next((root / "models").rglob("model.pt"))
+    model.write_bytes(model.read_bytes() + b"!")
+    found = json.loads(cli("check", "--store", root, "--json").stdout)
+    assert sorted((f["kind"], f["file"]) for f in found) == sorted([
+        ("frames", str(frame.relative_to(root))), ("index", str(index.relative_to(root))),
+        ("model", str(model.relative_to(root)))])
+    out = cli("train", "--target", "genre", "--epochs", "1", "--store", root, "--quiet")
+    assert "agf check" in one_error_line(out)
+
+
+def test_a_missing_frames_file_is_one_line_naming_agf_check(trained, tmp_path, cli):
+    root = copy_of(trained["store"], tmp_path)
+    next((root / "frames" / "logmel").rglob("*.npy")).unlink()
+    out = cli("train", "--target", "genre", "--epochs", "1", "--store", root, "--quiet")
+    assert "frames of track" in one_error_line(out) and "agf check" in out.output
+
+
+def test_a_writer_says_it_waits_for_readers_and_gives_up_after_its_bound(small_store, tmp_path, cli):
+    root = copy_of(small_store, tmp_path)
+    parts = sorted(str(p) for p in root.rglob("*.parquet"))
+    with commit_lock(root, exclusive=False):  # a reader mid-query
+        result = subprocess.run([*AGF, "compact", "--wait", "1", "--store", str(root)], capture_output=True, text=True,
+                                timeout=120)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("waiting for readers of the store to finish (at most 1 s")
+    assert lines[-1].startswith("Error: gave up after 1 s waiting for readers") and len(lines) == 2
+    assert sorted(str(p) for p in root.rglob("*.parquet")) == parts and not list(root.rglob("*.tmp"))
+    assert cli("compact", "--store", root).exit_code == 0  # the reader gone, the same command goes through
+
+
+def test_evaluate_writes_its_report_inside_the_store(trained, tmp_path, cli, monkeypatch):
+    root = copy_of(trained["store"], tmp_path)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert cli("evaluate", "--store", root, "--quiet").exit_code == 0
+    assert (root / "reports" / "evaluate" / "report.json").exists() and list(here.iterdir()) == []
+
+
+def test_a_store_that_lost_its_store_json_is_refused_not_recreated(small_store, small_corpus, tmp_path, cli):
+    root = copy_of(small_store, tmp_path)
+    (root / "store.json").unlink()
+    out = cli("ingest", small_corpus.parent, "--manifest", small_corpus, "--store", root)
+    assert "holds an agf store's tables but no store.json" in one_error_line(out)
+    assert not (root / "store.json").exists()
+
+
+def test_a_manifest_with_a_repeated_track_id_or_a_huge_field_is_one_line(tmp_path, cli):
+    tone(tmp_path / "a.wav", 440.0)
+    (tmp_path / "dup.csv").write_text("path,track_id\na.wav,7\na.wav,8\na.wav,7\n")
+    out = cli("ingest", tmp_path, "--manifest", tmp_path / "dup.csv", "--store", tmp_path / "s")
+    assert one_error_line(out).endswith("track_id '7' is on lines 2 and 4; each track needs an id of its own")
+    (tmp_path / "huge.csv").write_text("path,title\na.wav," + "x" * 200_000 + "\n")
+    out = cli("ingest", tmp_path, "--manifest", tmp_path / "huge.csv", "--store", tmp_path / "s")
+    assert "field larger than field limit" in one_error_line(out)
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("k", ["0", "-3"])
+def test_similar_needs_a_positive_k(small_store, k, cli):
+    assert one_error_line(cli("similar", "--id", "1", "-k", k, "--store", small_store)) == \
+        f"Error: -k must be a positive number of neighbours, not {k}"
+
+
+def test_a_folder_ingest_stores_absolute_paths(tmp_path, cli, monkeypatch):
+    (tmp_path / "music").mkdir()
+    tone(tmp_path / "music" / "a.wav", 440.0)
+    monkeypatch.chdir(tmp_path)
+    assert cli("ingest", "music", "--store", "s", "--quiet").exit_code == 0
+    rows = json.loads(cli("sql", "select path from tracks", "--store", "s", "--json").stdout)
+    assert rows == [{"path": str(tmp_path / "music" / "a.wav")}]
+
+
+def test_the_progress_rate_is_the_average_the_summary_reports():
+    from rich.progress import Progress
+
+    from agf.progress import AverageRate
+
+    progress = Progress(disable=True)
+    task_id = progress.add_task("ingest", total=10)
+    progress.start_task(task_id)
+    time.sleep(0.2)
+    progress.update(task_id, advance=4)
+    task = progress.tasks[0]
+    shown = float(AverageRate("files").render(task).plain.split()[0])
+    assert shown == pytest.approx(4 / task.elapsed, rel=0.05)
+
+
+def test_similar_is_quiet_when_asked(trained, tmp_path, cli):
+    root = copy_of(trained["store"], tmp_path)
+    assert cli("index", "build", "--store", root, "--quiet").exit_code == 0
+    assert cli("train", "--target", "transfer", "--epochs", "1", "--store", root, "--quiet").exit_code == 0  # stale now
+    loud = cli("similar", "--id", "1", "--store", root)
+    assert "older than their source data" in loud.stderr
+    quiet = cli("similar", "--id", "1", "--store", root, "--quiet")
+    assert quiet.exit_code == 0 and quiet.stderr == ""
