@@ -228,6 +228,7 @@ def ingest(
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: every core).")] = None,
     force: Annotated[bool, typer.Option(help="Recompute files whose audio is already stored.")] = False,
     part_size: Annotated[int, typer.Option(help="Files per committed part: an interruption loses at most one part.")] = 64,
+    file_timeout: Annotated[float, typer.Option(help="Seconds one file may take to decode and featurise before it becomes an error row (0: no limit).")] = 300.0,
     sample_rate: Annotated[int, typer.Option(help="Sample rate of a new store, Hz.")] = 22050,
     clip_seconds: Annotated[float, typer.Option(help="Longest clip kept per file (from its middle), s; for a new store.")] = 30.0,
     engine: EngineName = "local",
@@ -251,7 +252,7 @@ def ingest(
                                      mapping=_mapping(map_ or []), subset=subset)
     with _open(store, write=True, create=True, wait=wait, sample_rate=sample_rate, clip_seconds=clip_seconds) as opened:
         summary = run_ingest(opened, candidates, genre_tree, features=chosen, workers=workers, force=force,
-                                  part_size=part_size, engine=where, quiet=quiet)
+                                  part_size=part_size, engine=where, quiet=quiet, file_seconds=file_timeout)
     say(f"ingested {summary.ingested}, skipped {summary.skipped}, failed {summary.failed} "
         f"in {summary.seconds:.1f} s ({summary.files_per_second:.1f} files/s)", quiet)
     return summary.as_dict()

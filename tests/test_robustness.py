@@ -238,3 +238,15 @@ def test_similar_is_quiet_when_asked(trained, tmp_path, cli):
     assert "older than their source data" in loud.stderr
     quiet = cli("similar", "--id", "1", "--store", root, "--quiet")
     assert quiet.exit_code == 0 and quiet.stderr == ""
+
+
+def test_a_file_past_its_time_bound_becomes_an_error_row_and_the_next_run_takes_it(tmp_path, cli):
+    tone(tmp_path / "a.wav", 440.0, seconds=20.0)
+    out = cli("ingest", tmp_path, "--file-timeout", "0.001", "--workers", "1", "--store", tmp_path / "s", "--json",
+              "--quiet")
+    assert out.exit_code == 0 and json.loads(out.stdout)["failed"] == 1, out.output
+    with Store.open(tmp_path / "s") as store:
+        [error] = store.query("SELECT stage, error FROM ingest_errors").to_pylist()
+    assert error == {"stage": "decode", "error": "took longer than 0.001 s (--file-timeout): skipped"}
+    again = cli("ingest", tmp_path, "--store", tmp_path / "s", "--json", "--quiet")
+    assert json.loads(again.stdout)["ingested"] == 1

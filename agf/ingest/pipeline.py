@@ -6,10 +6,12 @@ interrupted ingest keeps everything up to its last part and the next run resumes
 audio sha256 is stored are skipped).
 """
 
+import contextlib
 import hashlib
 import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -50,6 +52,10 @@ class IngestSummary:
                 "seconds": self.seconds, "files_per_second": round(self.files_per_second, 2)}
 
 
+#: Seconds one file may take to read, decode and featurise before it becomes an error row.
+FILE_SECONDS = 300.0
+
+
 @dataclass
 class ExtractConfig:
     """What a worker needs to turn a file into a result: the store's rates and frame parameters."""
@@ -58,12 +64,14 @@ class ExtractConfig:
     clip_seconds: float
     frames: dict
     features: tuple[str, ...]
+    file_seconds: float = FILE_SECONDS
 
     @classmethod
-    def of(cls, store_config: dict, features: tuple[str, ...] = DEFAULT_FEATURES) -> "ExtractConfig":
+    def of(cls, store_config: dict, features: tuple[str, ...] = DEFAULT_FEATURES,
+           file_seconds: float = FILE_SECONDS) -> "ExtractConfig":
         """From a store's configuration (``Store.config``)."""
         return cls(int(store_config["sample_rate"]), float(store_config["clip_seconds"]), store_config["frames"],
-                   tuple(features))
+                   tuple(features), file_seconds)
 
 
 # -- the worker side ------------------------------------------------------------------------------
@@ -148,17 +156,54 @@ def warm_up(config: ExtractConfig) -> None:
 
 
 def _work(index: int, path: str, config: ExtractConfig, check_known: bool) -> tuple:
+    warm_up(config)  # a no-op in a worker forked from a warm parent; a Ray worker compiles here, locked
+    try:
+        with time_bound(config.file_seconds):
+            return _one_file(index, path, config, check_known)
+    except FileTooSlow:
+        return ("error", index, "decode", f"took longer than {config.file_seconds:g} s (--file-timeout): skipped")
+
+
+def _one_file(index: int, path: str, config: ExtractConfig, check_known: bool) -> tuple:
     try:
         sha = sha256_file(Path(path))
     except OSError as exc:
         return ("error", index, "read", f"cannot read file: {exc.strerror or exc}")
     if check_known and sha in _KNOWN_SHA:
         return ("skip", index, sha)
-    warm_up(config)  # a no-op in a worker forked from a warm parent; a Ray worker compiles here, locked
     try:
         return ("ok", index, sha, extract(Path(path), config))
     except AudioError as exc:
         return ("error", index, exc.stage, str(exc))
+
+
+class FileTooSlow(BaseException):
+    """Raised by :func:`time_bound`; a BaseException, so the feature code's own ``except Exception``
+    cannot turn it into a different error."""
+
+
+@contextlib.contextmanager
+def time_bound(seconds: float):
+    """Raise :class:`FileTooSlow` in this thread once ``seconds`` have passed.
+
+    A SIGALRM timer: only the main thread receives signals, so elsewhere (a Ray task's thread)
+    the block runs unbounded. Python code is interrupted between bytecodes; a call stuck inside
+    one C function is interrupted when it returns.
+    """
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise FileTooSlow()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 # -- the parent side ------------------------------------------------------------------------------
@@ -263,6 +308,7 @@ def ingest(
     part_size: int = 64,
     engine: Engine = LOCAL,
     quiet: bool = False,
+    file_seconds: float = FILE_SECONDS,
 ) -> IngestSummary:
     """Ingest ``candidates`` into ``store``: tracks, artists, albums, genres, features, frames.
 
@@ -277,6 +323,8 @@ def ingest(
     engine : Engine
         Where decoding and features run: this machine's worker processes, or Ray tasks. Either
         way this process assigns ids, writes frames and commits parts.
+    file_seconds : float
+        Seconds one file may take before it becomes an ``ingest_errors`` row (0: no bound).
     """
     if engine.is_ray:
         connect(engine)  # before any work: an unreachable cluster is an error, not a stall
@@ -288,7 +336,7 @@ def ingest(
     ids.add_genre_tree(genre_tree or [])
     next_track = [max(known.values(), default=0) + 1]
     caches = {kind: FrameCache(store.root, kind) for kind in FRAME_EXTRACTORS}
-    config = ExtractConfig.of(store.config, features)
+    config = ExtractConfig.of(store.config, features, file_seconds)
     seen: dict[str, int] = {}  # audio sha256 -> track id, for duplicates within this run
     batch = _Batch()
 
