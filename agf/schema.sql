@@ -18,6 +18,8 @@ CREATE OR REPLACE VIEW features_fma AS
     SELECT track_id, vector::{vector:features_fma} AS vector FROM {parts:features_fma};
 CREATE OR REPLACE VIEW features_essentia AS
     SELECT track_id, vector::{vector:features_essentia} AS vector FROM {parts:features_essentia};
+CREATE OR REPLACE VIEW features_echonest AS
+    SELECT track_id, vector::{vector:features_echonest} AS vector FROM {parts:features_echonest};
 
 CREATE OR REPLACE VIEW clusters AS SELECT * FROM {parts:clusters};
 CREATE OR REPLACE VIEW artist_bow AS SELECT * FROM {parts:artist_bow};

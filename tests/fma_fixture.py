@@ -26,8 +26,45 @@ COLUMNS = [
 ]
 
 
-def write_fma(root: Path, drop_column: tuple[str, str] | None = None) -> tuple[Path, Path]:
-    """Write the fixture under ``root``; return (fma_metadata dir, fma_small dir)."""
+ECHONEST = [("audio_features", "acousticness"), ("audio_features", "tempo"), ("metadata", "artist_name"),
+            ("social_features", "artist_hotttnesss"), ("temporal_features", "000"), ("temporal_features", "001")]
+ECHONEST_ROWS = {2: [0.41, 165.9, "AWOL", 0.39, 0.877, 0.588], 1005: [0.01, 122.0, "Kurt Vile", 0.51, 0.1, -0.2]}
+
+
+def released_features(track_id: int) -> np.ndarray:
+    """What FMA's features.py gives the fixture's audio of ``track_id`` (track 2000's, which is not
+    written, is rendered the same way): the values its features.csv releases."""
+    from agf.ingest.features import fma_features_reference
+
+    return fma_features_reference(_audio(next(r for r in TRACKS if r[0] == track_id)), 22050)
+
+
+def _audio(row) -> np.ndarray:
+    style = GENRES[0] if row[5] == "Rock" else GENRES[1]
+    return render_track(style, _artist(style, row[1], np.random.default_rng(row[1])), [TRACKS.index(row)], seconds=4.0)
+
+
+def _write_released(meta: Path) -> None:
+    from agf.ingest.features import FMA_COLUMNS
+
+    with open(meta / "features.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        for label, level in (("feature", 0), ("statistics", 1), ("number", 2)):
+            writer.writerow([label] + [c[level] for c in FMA_COLUMNS])
+        writer.writerow(["track_id"] + [""] * len(FMA_COLUMNS))
+        for row in TRACKS:
+            writer.writerow([row[0]] + [f"{v:.10e}" for v in released_features(row[0])])
+    with open(meta / "echonest.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerows([[""] + ["echonest"] * len(ECHONEST), [""] + [g for g, _ in ECHONEST],
+                          [""] + [n for _, n in ECHONEST], ["track_id"] + [""] * len(ECHONEST)])
+        writer.writerows([[tid] + values for tid, values in ECHONEST_ROWS.items()])
+
+
+def write_fma(root: Path, drop_column: tuple[str, str] | None = None, released: bool = False) -> tuple[Path, Path]:
+    """Write the fixture under ``root``; return (fma_metadata dir, fma_small dir). With ``released``,
+    also features.csv (computed here from the fixture's audio, as FMA's features.py does) and
+    echonest.csv."""
     meta, audio = root / "fma_metadata", root / "fma_small"
     meta.mkdir(parents=True, exist_ok=True)
     columns = [c for c in COLUMNS if c != drop_column]
@@ -49,11 +86,16 @@ def write_fma(root: Path, drop_column: tuple[str, str] | None = None) -> tuple[P
         writer = csv.writer(fh)
         writer.writerow(["genre_id", "#tracks", "parent", "title", "top_level"])
         writer.writerows(GENRE_ROWS)
-    for i, row in enumerate(TRACKS[:4]):
-        tid = row[0]
-        path = audio / f"{tid // 1000:03d}" / f"{tid:06d}.mp3"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        style = GENRES[0] if row[5] == "Rock" else GENRES[1]
-        y = render_track(style, _artist(style, row[1], np.random.default_rng(row[1])), [i], seconds=4.0)
-        sf.write(path, y, 22050, format="MP3")
+    for row in TRACKS[:4]:
+        write_audio(audio, row[0])
+    if released:
+        _write_released(meta)
     return meta, audio
+
+
+def write_audio(audio: Path, track_id: int) -> Path:
+    """The fixture's MP3 of ``track_id`` in FMA's layout under ``audio``."""
+    path = audio / f"{track_id // 1000:03d}" / f"{track_id:06d}.mp3"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, _audio(next(r for r in TRACKS if r[0] == track_id)), 22050, format="MP3")
+    return path

@@ -1,5 +1,6 @@
 """Ingest: manifests, FMA's layout, bare folders; incremental, interruptible, and safe on bad input."""
 
+import json
 import wave
 
 import numpy as np
@@ -9,10 +10,11 @@ import soundfile as sf
 from agf.errors import AgfError
 from agf.ingest import collect, ingest
 from agf.ingest import pipeline
+from agf.models.train import all_tracks
 from agf.store import Store
 from agf.store.store import DEFAULT_CONFIG
 
-from fma_fixture import write_fma
+from fma_fixture import released_features, write_audio, write_fma
 
 
 def test_game_music_ingests_every_clip_with_every_default_feature_set(game_store, cli):
@@ -155,6 +157,35 @@ def test_the_fma_layout_ingests_with_its_genre_tree(tmp_path, cli):
     ]
     small = cli("ingest", audio, "--fma-metadata", meta, "--subset", "small", "--features", "mfcc", "--store", tmp_path / "s2", "--quiet")
     assert small.exit_code == 0 and Store.open(tmp_path / "s2").count("tracks") == 3
+
+
+def test_fma_as_distributed_brings_its_released_features_and_its_tracks_without_audio(tmp_path, cli):
+    meta, audio = write_fma(tmp_path, released=True)
+    root = tmp_path / "s"
+    out = cli("ingest", audio, "--fma-metadata", meta, "--store", root, "--json", "--quiet")  # features: mfcc, dmfcc
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout) | {"seconds": 0, "files_per_second": 0} == {
+        "ingested": 4, "skipped": 0, "failed": 0, "listed": 1, "seconds": 0, "files_per_second": 0}
+    store = Store.open(root)
+    tracks = {r["source_id"]: r for r in store.query("SELECT * FROM tracks").to_pylist()}
+    assert sorted(tracks, key=int) == ["2", "3", "1005", "1006", "2000"]
+    absent = tracks["2000"]  # listed from the metadata, flagged by having no audio
+    assert absent["path"] is None and absent["audio_sha256"] is None and absent["duration_s"] == 30
+    fma = {r["track_id"]: r["vector"] for r in store.query("SELECT track_id, vector FROM features_fma").to_pylist()}
+    for source_id, row in tracks.items():  # FMA's released values, not recomputed (no fma was asked for)
+        np.testing.assert_allclose(fma[row["track_id"]], released_features(int(source_id)), rtol=1e-6)
+    echonest = {r["track_id"]: r["vector"] for r in store.query("SELECT track_id, vector FROM features_echonest").to_pylist()}
+    assert {tid: [round(v, 3) for v in vector] for tid, vector in echonest.items()} == {
+        tracks["2"]["track_id"]: [0.41, 165.9, 0.39, 0.877, 0.588], tracks["1005"]["track_id"]: [0.01, 122.0, 0.51, 0.1, -0.2]}
+    assert [t["track_id"] for t in all_tracks(store)] == sorted(r["track_id"] for s, r in tracks.items() if s != "2000")
+    again = json.loads(cli("ingest", audio, "--fma-metadata", meta, "--store", root, "--json", "--quiet").stdout)
+    assert (again["skipped"], again["ingested"], again["listed"]) == (5, 0, 0)
+    write_audio(audio, 2000)  # its audio arrives: the same track gains it
+    later = json.loads(cli("ingest", audio, "--fma-metadata", meta, "--store", root, "--json", "--quiet").stdout)
+    assert later["ingested"] == 1
+    now = store.query("SELECT track_id, audio_sha256 FROM tracks WHERE source_id = '2000'").to_pylist()
+    assert len(now) == 1 and now[0]["track_id"] == absent["track_id"] and now[0]["audio_sha256"]
+    assert store.query("SELECT count(*) AS n FROM features_fma")["n"][0].as_py() == 5
 
 
 def test_fma_metadata_missing_a_required_column_is_refused(tmp_path, cli):

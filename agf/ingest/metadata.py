@@ -13,14 +13,19 @@ from pathlib import Path
 
 from agf.errors import AgfError
 from agf.ingest.audio import AUDIO_EXTENSIONS
+from agf.ingest.released import read_released
 from agf.store.paths import path_text
 
 
 @dataclass
 class Candidate:
-    """One audio file and what its metadata says about it."""
+    """One audio file and what its metadata says about it.
 
-    path: Path
+    ``path`` is ``None`` for a track FMA's metadata lists whose audio is not in the folder
+    given: it is stored with its metadata and ``released`` feature vectors, and no audio.
+    """
+
+    path: Path | None
     source_id: str
     title: str | None = None
     artist: str | None = None
@@ -34,6 +39,8 @@ class Candidate:
     tags: list[str] = field(default_factory=list)
     split: str | None = None
     subset: str | None = None
+    duration_s: float | None = None
+    released: dict = field(default_factory=dict)  # feature set -> vector, as FMA released it
 
 
 @dataclass
@@ -66,6 +73,13 @@ def _read_csv_rows(path: Path) -> list[list[str]]:
         raise AgfError(f"cannot read {path}, line {reader.line_num}: {exc}") from None
 
 
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def _int_list(text: str) -> list[int]:
     if not text:
         return []
@@ -91,9 +105,11 @@ def fma_audio_path(audio_dir: Path, track_id: int) -> Path:
 def read_fma(metadata_dir: Path, audio_dir: Path, subset: str | None = None) -> tuple[list[Candidate], list[GenreRow]]:
     """Read ``tracks.csv`` (two header rows) and ``genres.csv`` of an FMA ``fma_metadata`` folder.
 
-    Tracks whose audio file is not under ``audio_dir`` are left out: an FMA audio folder holds
-    one subset of the metadata's tracks. ``subset`` ('small', 'medium', 'large') keeps only the
-    tracks of that subset (FMA's subsets are nested: small is in medium is in large).
+    The folder's released features (``features.csv``, ``echonest.csv``; see
+    :mod:`agf.ingest.released`) come with each track as ``Candidate.released``. A track whose
+    audio file is not under ``audio_dir`` (an FMA audio folder holds one subset) is kept, with
+    ``path=None``, when it has released features, and left out otherwise. ``subset`` ('small',
+    'medium', 'large') keeps only the tracks of that subset (small is in medium is in large).
     """
     metadata_dir = Path(metadata_dir)
     rows = _read_csv_rows(metadata_dir / "tracks.csv")
@@ -112,7 +128,7 @@ def read_fma(metadata_dir: Path, audio_dir: Path, subset: str | None = None) -> 
     order = {"small": 0, "medium": 1, "large": 2}
     if subset is not None and subset not in order:
         raise AgfError(f"unknown FMA subset {subset!r}; choose small, medium or large")
-    candidates = []
+    listed = []
     for row in body:
         if not row or not row[0].strip():
             continue
@@ -121,11 +137,16 @@ def read_fma(metadata_dir: Path, audio_dir: Path, subset: str | None = None) -> 
         except ValueError:
             raise AgfError(f"tracks.csv: track_id {row[0]!r} is not an integer") from None
         track_subset = get(row, "set", "subset") or None
-        if subset and order.get(track_subset or "large", 2) > order[subset]:
-            continue
+        if not subset or order.get(track_subset or "large", 2) <= order[subset]:
+            listed.append((track_id, row, track_subset))
+    released = read_released(metadata_dir, {track_id for track_id, _, _ in listed})
+    candidates = []
+    for track_id, row, track_subset in listed:
         path = fma_audio_path(Path(audio_dir), track_id)
         if not path.exists():
-            continue
+            if track_id not in released:
+                continue
+            path = None
         candidates.append(
             Candidate(
                 path=path,
@@ -141,6 +162,8 @@ def read_fma(metadata_dir: Path, audio_dir: Path, subset: str | None = None) -> 
                 tags=_str_list(get(row, "track", "tags")),
                 split=get(row, "set", "split") or None,
                 subset=track_subset,
+                duration_s=_float(get(row, "track", "duration")),
+                released=released.get(track_id, {}),
             )
         )
     return candidates, read_fma_genres(metadata_dir / "genres.csv")

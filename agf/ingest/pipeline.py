@@ -38,6 +38,7 @@ class IngestSummary:
     ingested: int = 0
     skipped: int = 0
     failed: int = 0
+    listed: int = 0  # tracks stored from FMA's metadata and released features, their audio elsewhere
     seconds: float = 0.0
     track_ids: dict[int, int] = field(default_factory=dict, repr=False)
     errors: dict[int, str] = field(default_factory=dict, repr=False)
@@ -48,7 +49,7 @@ class IngestSummary:
         return done / self.seconds if self.seconds else 0.0
 
     def as_dict(self) -> dict:
-        return {"ingested": self.ingested, "skipped": self.skipped, "failed": self.failed,
+        return {"ingested": self.ingested, "skipped": self.skipped, "failed": self.failed, "listed": self.listed,
                 "seconds": self.seconds, "files_per_second": round(self.files_per_second, 2)}
 
 
@@ -331,10 +332,13 @@ def ingest(
     started = time.perf_counter()
     summary = IngestSummary()
     workers = workers or os.cpu_count() or 1
-    known = {r["audio_sha256"]: r["track_id"] for r in store.query("SELECT audio_sha256, track_id FROM tracks").to_pylist()}
+    stored = store.query("SELECT source_id, audio_sha256, track_id FROM tracks").to_pylist()
+    known = {r["audio_sha256"]: r["track_id"] for r in stored if r["audio_sha256"]}
+    listed = {r["source_id"]: r["track_id"] for r in stored}  # a track stored without audio is known by its id
+    awaiting_audio = {r["source_id"]: r["track_id"] for r in stored if not r["audio_sha256"]}
     ids = _Ids(store)
     ids.add_genre_tree(genre_tree or [])
-    next_track = [max(known.values(), default=0) + 1]
+    next_track = [max((r["track_id"] for r in stored), default=0) + 1]
     caches = {kind: FrameCache(store.root, kind) for kind in FRAME_EXTRACTORS}
     config = ExtractConfig.of(store.config, features, file_seconds)
     seen: dict[str, int] = {}  # audio sha256 -> track id, for duplicates within this run
@@ -347,8 +351,21 @@ def ingest(
             _commit(store, tables, replaced, config)
         batch = _Batch()
 
+    def without_audio(index: int, candidate: Candidate) -> None:
+        """A track FMA lists whose audio is elsewhere: its metadata and released features."""
+        if candidate.source_id in listed:
+            summary.skipped += 1
+            summary.track_ids[index] = listed[candidate.source_id]
+            return
+        track_id, next_track[0] = next_track[0], next_track[0] + 1
+        listed[candidate.source_id] = summary.track_ids[index] = track_id
+        for name, vector in candidate.released.items():
+            batch.vectors.setdefault(name, []).append((track_id, vector))
+        batch.tracks.append(_track_row(track_id, candidate, None, None, ids))
+        summary.listed += 1
+
     def handle(result: tuple) -> None:
-        kind, index = result[0], result[1]
+        kind, index = result[0], audio[result[1]]
         candidate = candidates[index]
         if kind == "error":
             batch.errors.append({"path": path_text(Path(candidate.path).resolve()), "stage": result[2], "error": result[3], "at": now_utc()})
@@ -360,8 +377,8 @@ def ingest(
             summary.skipped += 1
             summary.track_ids[index] = seen.get(sha) or known[sha]
             return
-        if sha in known:
-            track_id = known[sha]
+        if sha in known or candidate.source_id in awaiting_audio:  # recomputed, or its audio has come
+            track_id = known.get(sha) or awaiting_audio.pop(candidate.source_id)
             batch.replaced_ids.append(track_id)
         else:
             track_id, next_track[0] = next_track[0], next_track[0] + 1
@@ -369,16 +386,23 @@ def ingest(
         data = result[3]
         for kind_name, matrix in data["frames"].items():
             caches[kind_name].write(track_id, matrix)
-        for name, vector in data["vectors"].items():
+        for name, vector in {**data["vectors"], **candidate.released}.items():  # FMA's released values win
             batch.vectors.setdefault(name, []).append((track_id, vector))
         batch.tracks.append(_track_row(track_id, candidate, sha, data, ids))
         summary.ingested += 1
 
-    with progress_bar(len(candidates), "ingest", "files", quiet) as bar:
+    audio = [i for i, c in enumerate(candidates) if c.path is not None]  # position in the run -> in candidates
+    for index, candidate in enumerate(candidates):
+        if candidate.path is None:
+            without_audio(index, candidate)
+            if len(batch) >= part_size:
+                commit()
+    files = [candidates[i] for i in audio]
+    with progress_bar(len(files), "ingest", "files", quiet) as bar:
         if engine.is_ray:
-            results = ray_ingest_results(engine, [str(c.path) for c in candidates], config, not force, frozenset(known))
+            results = ray_ingest_results(engine, [str(c.path) for c in files], config, not force, frozenset(known))
         else:
-            results = _results(candidates, config, workers, check_known=not force, known=frozenset(known))
+            results = _results(files, config, workers, check_known=not force, known=frozenset(known))
         for result in results:
             handle(result)
             bar.advance()
@@ -389,19 +413,21 @@ def ingest(
     return summary
 
 
-def _track_row(track_id: int, c: Candidate, sha: str, data: dict, ids: _Ids) -> dict:
+def _track_row(track_id: int, c: Candidate, sha: str | None, data: dict | None, ids: _Ids) -> dict:
+    """A ``tracks`` row; without ``data`` (audio elsewhere) path, sha256 and rate are null."""
     artist_id = ids.artist(c)
     genre_ids = list(c.genre_ids) or [ids.genre(n) for n in c.genre_names]
     return {
         "track_id": track_id,
         "source_id": c.source_id,
-        "path": path_text(Path(c.path).resolve()),  # absolute: a relative path means nothing from elsewhere
+        # absolute: a relative path means nothing from elsewhere
+        "path": path_text(Path(c.path).resolve()) if c.path is not None else None,
         "audio_sha256": sha,
         "title": c.title,
         "artist_id": artist_id,
         "album_id": ids.album(c, artist_id),
-        "duration_s": data["duration_s"],
-        "sample_rate": data["native_rate"],
+        "duration_s": data["duration_s"] if data else c.duration_s,
+        "sample_rate": data["native_rate"] if data else None,
         "genre_top": c.genre_top,
         "genres": genre_ids,
         "genres_all": list(c.genre_all_ids) or ids.with_ancestors(genre_ids),

@@ -81,7 +81,9 @@ def run_precision(device: str, precision: str, engine: Engine = LOCAL) -> str:
 
 
 def all_tracks(store: Store) -> list[dict]:
-    return store.query("SELECT track_id, artist_id, genre_top, split FROM tracks ORDER BY track_id").to_pylist()
+    # tracks FMA lists without their audio here (no sha256) have nothing for a network to hear
+    return store.query("SELECT track_id, artist_id, genre_top, split FROM tracks WHERE audio_sha256 IS NOT NULL "
+                       "ORDER BY track_id").to_pylist()
 
 
 def genre_classes(tracks: list[dict]) -> list[str]:
@@ -297,8 +299,8 @@ def embed(store: Store, spec: str = "all", device: str = "auto", engine: Engine 
 def unembedded(store: Store, model_id: str, track_ids: list[int] | None = None) -> list[int]:
     """The stored tracks (all, or those of ``track_ids``) that ``model_id`` has not embedded yet."""
     among = "" if track_ids is None else "AND track_id IN (SELECT unnest(?::BIGINT[]))"
-    return store.query(f"SELECT track_id FROM tracks WHERE track_id NOT IN (SELECT track_id FROM embeddings "
-                       f"WHERE model_id = ?) {among} ORDER BY 1",
+    return store.query(f"SELECT track_id FROM tracks WHERE audio_sha256 IS NOT NULL AND track_id NOT IN "
+                       f"(SELECT track_id FROM embeddings WHERE model_id = ?) {among} ORDER BY 1",
                        [model_id] + ([track_ids] if track_ids is not None else []))["track_id"].to_pylist()
 
 

@@ -56,6 +56,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         ]
     ),
     **{f"features_{name}": _FEATURE for name in FEATURE_SETS},
+    # FMA's echonest.csv, as released (audio, social and temporal features): imported, never computed
+    "features_echonest": _FEATURE,
     "ingest_errors": pa.schema(
         [("path", pa.string()), ("stage", pa.string()), ("error", pa.string()), ("at", TIMESTAMP)]
     ),
