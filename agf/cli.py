@@ -231,6 +231,7 @@ def ingest(
     file_timeout: Annotated[float, typer.Option(help="Seconds one file may take to decode and featurise before it becomes an error row (0: no limit).")] = 300.0,
     sample_rate: Annotated[int, typer.Option(help="Sample rate of a new store, Hz.")] = 22050,
     clip_seconds: Annotated[float, typer.Option(help="Longest clip kept per file (from its middle), s; for a new store.")] = 30.0,
+    fma_rate: Annotated[str, typer.Option(help="The fma feature set at the store's rate ('store') or each file's own ('native', as FMA's released features.csv); for a new store.")] = "store",
     engine: EngineName = "local",
     address: Address = None,
     store: StoreDir = DEFAULT_STORE,
@@ -250,7 +251,10 @@ def ingest(
     chosen, where = parse_features(features), _engine(engine, address)
     candidates, genre_tree = collect(audio_dir, manifest=manifest, fma_metadata=fma_metadata,
                                      mapping=_mapping(map_ or []), subset=subset)
-    with _open(store, write=True, create=True, wait=wait, sample_rate=sample_rate, clip_seconds=clip_seconds) as opened:
+    if fma_rate not in ("store", "native"):
+        raise AgfError(f"--fma-rate is 'store' or 'native', not {fma_rate!r}")
+    with _open(store, write=True, create=True, wait=wait, sample_rate=sample_rate, clip_seconds=clip_seconds,
+               fma_rate=fma_rate) as opened:
         summary = run_ingest(opened, candidates, genre_tree, features=chosen, workers=workers, force=force,
                                   part_size=part_size, engine=where, quiet=quiet, file_seconds=file_timeout)
     say(f"ingested {summary.ingested}, skipped {summary.skipped}, failed {summary.failed} "

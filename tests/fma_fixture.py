@@ -61,7 +61,8 @@ def _write_released(meta: Path) -> None:
         writer.writerows([[tid] + values for tid, values in ECHONEST_ROWS.items()])
 
 
-def write_fma(root: Path, drop_column: tuple[str, str] | None = None, released: bool = False) -> tuple[Path, Path]:
+def write_fma(root: Path, drop_column: tuple[str, str] | None = None, released: bool = False,
+              rate: int = 22050) -> tuple[Path, Path]:
     """Write the fixture under ``root``; return (fma_metadata dir, fma_small dir). With ``released``,
     also features.csv (computed here from the fixture's audio, as FMA's features.py does) and
     echonest.csv."""
@@ -87,15 +88,18 @@ def write_fma(root: Path, drop_column: tuple[str, str] | None = None, released: 
         writer.writerow(["genre_id", "#tracks", "parent", "title", "top_level"])
         writer.writerows(GENRE_ROWS)
     for row in TRACKS[:4]:
-        write_audio(audio, row[0])
+        write_audio(audio, row[0], rate)
     if released:
         _write_released(meta)
     return meta, audio
 
 
-def write_audio(audio: Path, track_id: int) -> Path:
-    """The fixture's MP3 of ``track_id`` in FMA's layout under ``audio``."""
+def write_audio(audio: Path, track_id: int, rate: int = 22050) -> Path:
+    """The fixture's MP3 of ``track_id`` in FMA's layout under ``audio``, at ``rate`` Hz."""
+    import soxr
+
     path = audio / f"{track_id // 1000:03d}" / f"{track_id:06d}.mp3"
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, _audio(next(r for r in TRACKS if r[0] == track_id)), 22050, format="MP3")
+    y = _audio(next(r for r in TRACKS if r[0] == track_id))
+    sf.write(path, soxr.resample(y, 22050, rate) if rate != 22050 else y, rate, format="MP3")
     return path

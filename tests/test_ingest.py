@@ -188,6 +188,27 @@ def test_fma_as_distributed_brings_its_released_features_and_its_tracks_without_
     assert store.query("SELECT count(*) AS n FROM features_fma")["n"][0].as_py() == 5
 
 
+def test_fma_at_each_files_own_rate_is_what_fmas_features_py_gives_that_file(tmp_path, cli):
+    from agf.ingest.features import fma_features_reference
+
+    meta, audio = write_fma(tmp_path, rate=44100)
+    expected = {}  # what FMA's features.py computes: the file decoded at its own rate, mono
+    for path in sorted(audio.rglob("*.mp3")):
+        y, rate = sf.read(path, dtype="float32", always_2d=True)
+        assert rate == 44100
+        expected[str(int(path.stem))] = fma_features_reference(y.mean(axis=1), rate)
+    for fma_rate in ("native", "store"):
+        root = tmp_path / fma_rate
+        out = cli("ingest", audio, "--fma-metadata", meta, "--features", "fma", "--fma-rate", fma_rate, "--store", root,
+                  "--quiet")
+        assert out.exit_code == 0, out.output
+        got = {r["source_id"]: r["vector"] for r in Store.open(root).query(
+            "SELECT source_id, vector FROM tracks JOIN features_fma USING (track_id)").to_pylist()}
+        assert sorted(got) == sorted(expected)
+        same = [np.allclose(got[t], expected[t], rtol=1e-5, atol=1e-5) for t in expected]
+        assert all(same) if fma_rate == "native" else not any(same)  # at 22,050 Hz they are other numbers
+
+
 def test_fma_metadata_missing_a_required_column_is_refused(tmp_path, cli):
     meta, audio = write_fma(tmp_path, drop_column=("artist", "id"))
     out = cli("ingest", audio, "--fma-metadata", meta, "--store", tmp_path / "s")

@@ -44,6 +44,16 @@ def load_clip(path: Path, sample_rate: int, max_seconds: float) -> tuple[np.ndar
     duration_s : float
         The whole file's duration in seconds.
     """
+    y, native_rate, duration = decode_clip(path, max_seconds)
+    return resample(y, native_rate, sample_rate), native_rate, duration
+
+
+def decode_clip(path: Path, max_seconds: float) -> tuple[np.ndarray, int, float]:
+    """The middle ``max_seconds`` of ``path``, mixed to mono at the file's own rate.
+
+    Returns ``(y, native_rate, duration_s)``: y of shape (n_samples,) float32 at ``native_rate``
+    Hz, and the whole file's duration in seconds. Raises :class:`AudioError`.
+    """
     try:
         with sf.SoundFile(os.fsencode(path)) as fh:  # bytes: a name that is not UTF-8 opens too
             native_rate, total = fh.samplerate, fh.frames
@@ -62,11 +72,16 @@ def load_clip(path: Path, sample_rate: int, max_seconds: float) -> tuple[np.ndar
         raise AudioError("decode", "audio holds non-finite samples")
     if np.max(np.abs(y)) < SILENCE_PEAK:
         raise AudioError("decode", "audio is silent (peak below -80 dBFS)")
-    if native_rate != sample_rate:
-        import soxr
-
-        y = soxr.resample(y, native_rate, sample_rate, quality="HQ").astype(np.float32)
     return y, native_rate, total / native_rate
+
+
+def resample(y: np.ndarray, native_rate: int, sample_rate: int) -> np.ndarray:
+    """``y`` (n_samples,) from ``native_rate`` to ``sample_rate`` Hz (soxr, high quality), float32."""
+    if native_rate == sample_rate:
+        return y
+    import soxr
+
+    return soxr.resample(y, native_rate, sample_rate, quality="HQ").astype(np.float32)
 
 
 def _clean(exc: Exception) -> str:

@@ -138,20 +138,26 @@ def dmfcc_vector(spectra: Spectra, logmel: dict) -> np.ndarray:
     return statistics(np.vstack(deltas))
 
 
+#: FMA's features.py gives chroma_stft and the spectral features a spectrogram but no rate, so
+#: librosa reads every file's bins as if sampled at 22,050 Hz. Its released values were made so,
+#: at each file's own rate, and agf does the same to equal them (at 22,050 Hz it changes nothing).
+FMA_SPECTRAL_SR = 22050
+
+
 def _fma_matrices(y: np.ndarray, sr: int, stft: np.ndarray, cqt: np.ndarray) -> dict[str, np.ndarray]:
     chroma_cens = librosa.feature.chroma_cens(C=cqt, sr=sr, n_chroma=12, n_octaves=7, bins_per_octave=12)
     mel = librosa.feature.melspectrogram(sr=sr, S=stft**2)
-    centroid = librosa.feature.spectral_centroid(S=stft, sr=sr)
+    centroid = librosa.feature.spectral_centroid(S=stft, sr=FMA_SPECTRAL_SR)
     return {
         "chroma_cens": chroma_cens,
         "chroma_cqt": librosa.feature.chroma_cqt(C=cqt, sr=sr, n_chroma=12, n_octaves=7, bins_per_octave=12),
-        "chroma_stft": librosa.feature.chroma_stft(S=stft**2, sr=sr, n_chroma=12),
+        "chroma_stft": librosa.feature.chroma_stft(S=stft**2, sr=FMA_SPECTRAL_SR, n_chroma=12),
         "mfcc": librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=20),
         "rmse": librosa.feature.rms(S=stft),
-        "spectral_bandwidth": librosa.feature.spectral_bandwidth(S=stft, sr=sr, centroid=centroid),
+        "spectral_bandwidth": librosa.feature.spectral_bandwidth(S=stft, sr=FMA_SPECTRAL_SR, centroid=centroid),
         "spectral_centroid": centroid,
-        "spectral_contrast": librosa.feature.spectral_contrast(S=stft, sr=sr, n_bands=6),
-        "spectral_rolloff": librosa.feature.spectral_rolloff(S=stft, sr=sr),
+        "spectral_contrast": librosa.feature.spectral_contrast(S=stft, sr=FMA_SPECTRAL_SR, n_bands=6),
+        "spectral_rolloff": librosa.feature.spectral_rolloff(S=stft, sr=FMA_SPECTRAL_SR),
         "tonnetz": librosa.feature.tonnetz(chroma=chroma_cens, sr=sr),
         "zcr": librosa.feature.zero_crossing_rate(y, frame_length=2048, hop_length=512),
     }

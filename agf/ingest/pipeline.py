@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from agf.engine import LOCAL, Engine, connect, ray_ingest_results
-from agf.ingest.audio import AudioError, load_clip
+from agf.ingest.audio import AudioError, decode_clip, resample
 from agf.ingest.compiled import compile_lock
 from agf.ingest.features import DEFAULT_FEATURES, FRAME_EXTRACTORS, VECTOR_EXTRACTORS, Spectra
 from agf.ingest.metadata import Candidate, GenreRow, slug
@@ -66,13 +66,14 @@ class ExtractConfig:
     frames: dict
     features: tuple[str, ...]
     file_seconds: float = FILE_SECONDS
+    fma_native: bool = False  # the fma set at each file's own rate, as FMA released it
 
     @classmethod
     def of(cls, store_config: dict, features: tuple[str, ...] = DEFAULT_FEATURES,
            file_seconds: float = FILE_SECONDS) -> "ExtractConfig":
         """From a store's configuration (``Store.config``)."""
         return cls(int(store_config["sample_rate"]), float(store_config["clip_seconds"]), store_config["frames"],
-                   tuple(features), file_seconds)
+                   tuple(features), file_seconds, store_config.get("fma_rate", "store") == "native")
 
 
 # -- the worker side ------------------------------------------------------------------------------
@@ -117,11 +118,14 @@ def extract(path: Path, config: ExtractConfig) -> dict:
     Returns ``{"native_rate", "duration_s", "frames": {kind: (n_frames, n_bins)}, "vectors":
     {feature_set: (dim,)}}``; raises :class:`AudioError` with the failing stage.
     """
-    y, native_rate, duration = load_clip(path, config.sample_rate, config.clip_seconds)
+    native, native_rate, duration = decode_clip(path, config.clip_seconds)
+    y = resample(native, native_rate, config.sample_rate)
     start = max(0.0, (duration - config.clip_seconds) / 2)
     spectra = Spectra(y, config.sample_rate, path=path, clip=(start, start + len(y) / config.sample_rate))
+    # FMA computed its released features at each file's own rate: with fma_native, so does agf
+    fma_spectra = Spectra(native, native_rate) if config.fma_native and native_rate != config.sample_rate else spectra
     try:
-        frames, vectors = _features(spectra, config)
+        frames, vectors = _features(spectra, config, fma_spectra)
     except Exception as exc:  # noqa: BLE001 - any failure of one file is that file's error row
         raise AudioError("features", f"{type(exc).__name__}: {exc}") from None
     if not all(np.isfinite(a).all() for a in (*frames.values(), *vectors.values())):
@@ -129,11 +133,13 @@ def extract(path: Path, config: ExtractConfig) -> dict:
     return {"native_rate": native_rate, "duration_s": duration, "frames": frames, "vectors": vectors}
 
 
-def _features(spectra: Spectra, config: ExtractConfig) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def _features(spectra: Spectra, config: ExtractConfig,
+              fma_spectra: Spectra | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     with np.errstate(over="ignore", invalid="ignore"):  # out-of-range audio is caught by the caller
         # float16 here, as stored: half the bytes to send back to the parent
         frames = {kind: fn(spectra, **config.frames[kind]).astype(np.float16) for kind, fn in FRAME_EXTRACTORS.items()}
-        vectors = {name: VECTOR_EXTRACTORS[name](spectra, config.frames["logmel"]) for name in config.features}
+        vectors = {name: VECTOR_EXTRACTORS[name](fma_spectra if name == "fma" and fma_spectra else spectra,
+                                                  config.frames["logmel"]) for name in config.features}
     return frames, vectors
 
 

@@ -50,6 +50,8 @@ os.register_at_fork(after_in_child=_close_inherited_locks)
 DEFAULT_CONFIG = {
     "sample_rate": 22050,
     "clip_seconds": 30.0,
+    # "native": the fma feature set at each file's own rate, as FMA computed its released values
+    "fma_rate": "store",
     "frames": {
         # log-mel for the CNNs (docs/METHOD.md): 128 bands, n_fft 1024, hop 512, dB
         "logmel": {"n_mels": 128, "n_fft": 1024, "hop_length": 512, "dtype": "float16"},
@@ -464,6 +466,8 @@ def _config_problem(meta) -> str | None:
         return f"sample_rate {rate!r} is not a rate in Hz"
     if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 < seconds <= 3600:
         return f"clip_seconds {seconds!r} is not a duration in seconds"
+    if meta.get("fma_rate", "store") not in ("store", "native"):
+        return f"fma_rate {meta.get('fma_rate')!r} is neither 'store' nor 'native'"
     frames = meta.get("frames")
     if not isinstance(frames, dict) or set(frames) != set(DEFAULT_CONFIG["frames"]):
         return f"frames must describe {', '.join(DEFAULT_CONFIG['frames'])}"
