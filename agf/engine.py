@@ -91,10 +91,9 @@ def _extract_rows(batch: dict, config, check_known: bool, known_ref) -> dict:
 
 
 def ray_ingest_results(engine: Engine, paths: list[str], config, check_known: bool, known: frozenset) -> Iterator[tuple]:
-    """The local pool's worker results, computed by Ray tasks, in the files' order (as the local
-    pool gives them, so that both engines assign the same track ids)."""
+    """The local pool's worker results, computed by Ray tasks, in completion order (so a driver
+    commits as results stream in; track ids then follow that order, not the files')."""
     ray = connect(engine)
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
     known_ref = ray.put(known)
     dataset = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)])
     dataset = dataset.map_batches(_extract_rows, batch_size=16, fn_kwargs={
