@@ -491,6 +491,8 @@ def similar(
     artist_id: Annotated[int | None, typer.Option("--id", help="Artist id instead of a name.")] = None,
     track: Annotated[int | None, typer.Option(help="Find tracks similar to this track_id instead.")] = None,
     batch: Annotated[Path | None, typer.Option(help="Answer every query of a CSV/JSON file; JSON lines out.")] = None,
+    include_same_artist: Annotated[bool, typer.Option(help="With --track: keep the query artist's own tracks.")] = False,
+    exclude_album: Annotated[bool, typer.Option(help="With --track: leave out tracks of the query's album.")] = False,
     store: StoreDir = DEFAULT_STORE,
     quiet: Quiet = False,
 ):
@@ -509,7 +511,7 @@ def similar(
             typer.echo(json.dumps(answer, ensure_ascii=False))
         return None
     if track is not None:
-        return service.tracks(track, k, space)
+        return service.tracks(track, k, space, same_artist=include_same_artist, same_album=not exclude_album)
     if artist is None and artist_id is None:
         raise AgfError("name an artist, or give --id, --track or --batch")
     return service.artists(service.directory.resolve(artist, artist_id), k, space, genre, min_tracks)

@@ -83,7 +83,7 @@ def render(result, fmt: str = "table", out=None) -> None:
             writer.writerow(_csv_cells(row, columns))
     else:
         columns = list(result.column_names) if isinstance(result, pa.Table) else _columns(rows)
-        out.write(table_text(columns, [[_cell(row.get(c)) for c in columns] for row in rows]))
+        out.write(table_text(columns, [[_clipped(_cell(row.get(c))) for c in columns] for row in rows]))
 
 
 def _csv_cells(row: dict, columns: list[str]) -> list:
@@ -115,6 +115,16 @@ def _stream(rows: Iterator[dict], fmt: str, out) -> None:
 
 def _columns(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(k for row in rows for k in row))
+
+
+#: The widest cell an aligned table shows; --json and --csv give every value whole.
+MAX_CELL = 60
+
+
+def _clipped(text: str) -> str:
+    """One line of at most :data:`MAX_CELL` characters, an ellipsis marking what was cut."""
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
 
 
 def table_text(columns: list[str], cells: list[list[str]]) -> str:

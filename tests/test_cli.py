@@ -27,6 +27,14 @@ def test_sql_outputs_a_table_json_and_csv(small_store, cli):
     assert cli("sql", query, "--store", small_store, "--csv").output == "genre_top,n\nElectronic,9\nHip-Hop,9\nRock,9\n"
 
 
+def test_a_table_shows_long_cells_clipped_and_json_gives_them_whole(small_store, cli):
+    query = "select repeat('ab', 100) as long, 'line one' || chr(10) || 'line two' as multi"
+    table = cli("sql", query, "--store", small_store).stdout.splitlines()
+    assert table[2] == "ab" * 29 + "a…  line one line two"
+    assert json.loads(cli("sql", query, "--store", small_store, "--json").stdout) == [
+        {"long": "ab" * 100, "multi": "line one\nline two"}]
+
+
 def test_the_store_comes_from_AGF_STORE(small_store, cli):
     out = cli("sql", "SELECT count(*) AS n FROM artists", "--json", env={"AGF_STORE": str(small_store)})
     assert json.loads(out.stdout) == [{"n": 9}]

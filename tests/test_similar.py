@@ -123,8 +123,21 @@ def test_filters_names_and_batches_from_the_cli(searchable, cli, tmp_path):
     lines = [json.loads(line) for line in cli("similar", "--batch", queries, "-k", "2", "--store", searchable).stdout.splitlines()]
     assert [len(line.get("neighbours", [])) for line in lines] == [2, 2, 0]
     assert lines[0]["artist"] == "Sectoid" and lines[1]["artist_id"] == 1 and "no artist named" in lines[2]["error"]
-    tracks = json.loads(cli("similar", "--track", "1", "-k", "4", "--store", searchable, "--json").stdout)
+    out = cli("similar", "--track", "1", "-k", "4", "--store", searchable, "--json")
+    tracks = json.loads(out.stdout)
     assert len(tracks) == 4 and 1 not in [t["track_id"] for t in tracks]
+    store = Store.open(searchable)
+    asked = store.query("SELECT t.title, t.album_id, a.name FROM tracks t JOIN artists a USING (artist_id) "
+                        "WHERE track_id = 1").to_pylist()[0]
+    assert f"tracks like {asked['title']!r} by {asked['name']} (track 1)" in out.stderr  # the query, echoed
+    assert asked["name"] not in [t["artist"] for t in tracks]  # other artists' tracks by default
+    mine = json.loads(cli("similar", "--track", "1", "-k", "40", "--include-same-artist", "--store", searchable,
+                          "--json").stdout)
+    assert asked["name"] in [t["artist"] for t in mine]
+    others = json.loads(cli("similar", "--track", "1", "-k", "40", "--include-same-artist", "--exclude-album",
+                            "--store", searchable, "--json").stdout)
+    albums = {r["track_id"]: r["album_id"] for r in store.query("SELECT track_id, album_id FROM tracks").to_pylist()}
+    assert others and all(albums[t["track_id"]] != asked["album_id"] for t in others)
 
 
 def test_an_ambiguous_name_lists_the_candidates(tmp_path):

@@ -76,9 +76,19 @@ class Similar:
         self.store = store
         self.directory = ArtistDirectory(artist_rows(store))
         self.facts = self.directory.by_id
-        stale = [f"{s['level']} {s['space']}" for s in index_status(store) if s["stale"]]
-        if stale:
-            say(f"warning: index(es) older than their source data: {', '.join(stale)}; run `agf index build`", quiet)
+        self.quiet = quiet
+        self._version: str | None = None
+        self._warned: set[tuple[str, str]] = set()
+
+    def _index(self, space: str, level: str):
+        """The saved index of ``space``; once per index read, a warning if its data changed since."""
+        vi = load_index(self.store, space, level)
+        self._version = self._version or source_version(self.store)
+        if vi.meta["source_version"] != self._version and (space, level) not in self._warned:
+            self._warned.add((space, level))
+            say(f"warning: the {level} index of {space!r} is older than the data it was built from; "
+                f"`agf index build --space {space}` refreshes it", self.quiet)
+        return vi
 
     def _allowed(self, ids: np.ndarray, exclude: int, genre: str | None, min_tracks: int) -> np.ndarray:
         keep = [i for i in ids.tolist() if i != exclude and self.facts[i]["tracks"] >= min_tracks
@@ -94,7 +104,7 @@ class Similar:
                      min_tracks: int = 1) -> list[list[dict]]:
         """Neighbours of each of ``artists``; without filters, one batched search answers them all."""
         space = space or default_space(self.store)
-        vi = load_index(self.store, space, "artist")
+        vi = self._index(space, "artist")
         queries = []
         for artist in artists:
             try:
@@ -114,17 +124,33 @@ class Similar:
                  "top_genre": self.facts[i]["top_genre"], "tracks": self.facts[i]["tracks"]}
                 for n, (s, i) in enumerate(rows, start=1)]
 
-    def tracks(self, track_id: int, k: int = 10, space: str | None = None) -> list[dict]:
-        """The ``k`` tracks nearest to ``track_id`` in a track-level space."""
+    def tracks(self, track_id: int, k: int = 10, space: str | None = None, same_artist: bool = False,
+               same_album: bool = True) -> list[dict]:
+        """The ``k`` tracks nearest to ``track_id`` in a track-level space.
+
+        Tracks by the query's own artist are left out unless ``same_artist`` (they would fill the
+        list first); without ``same_album``, tracks of its album are left out too. The search
+        itself skips them, so k results come back when k exist.
+        """
         space = space or default_space(self.store, "track")
-        vi = load_index(self.store, space, "track")
+        vi = self._index(space, "track")
+        info = {r["track_id"]: r for r in self.store.query(
+            "SELECT t.track_id, t.title, t.artist_id, t.album_id, a.name AS artist, t.genre_top "
+            "FROM tracks t JOIN artists a USING (artist_id)").to_pylist()}
         try:
             query = vi.vector(track_id)
         except RuntimeError:
             raise AgfError(f"track {track_id} has no vector in track space {space!r}") from None
-        sims, ids = vi.search(query, k + 1)
-        info = {r["track_id"]: r for r in self.store.query(
-            "SELECT t.track_id, t.title, a.name AS artist, t.genre_top FROM tracks t JOIN artists a USING (artist_id)").to_pylist()}
+        asked = info[track_id]
+        allowed = None
+        if not same_artist or not same_album:
+            allowed = np.asarray([i for i in vi.ids.tolist() if i != track_id and i in info
+                                  and (same_artist or info[i]["artist_id"] != asked["artist_id"])
+                                  and (same_album or asked["album_id"] is None or info[i]["album_id"] != asked["album_id"])],
+                                 dtype=np.int64)
+        say(f"tracks like {asked['title']!r} by {asked['artist']} (track {track_id}) in {space}"
+            + ("" if same_artist else ", other artists only") + ("" if same_album else ", other albums only"), self.quiet)
+        sims, ids = vi.search(query, k + 1, allowed)
         rows = [(s, i) for s, i in zip(sims[0], ids[0]) if i >= 0 and i != track_id][:k]
         return [{"rank": n, "track_id": int(i), "title": info[i]["title"], "artist": info[i]["artist"],
                  "similarity": round(float(s), 4), "genre": info[i]["genre_top"]} for n, (s, i) in enumerate(rows, start=1)]
