@@ -160,3 +160,14 @@ def test_an_index_older_than_its_data_is_stale_until_rebuilt(searchable, tmp_pat
     assert not any(s["stale"] for s in index_status(Store.open(root)))
     drawn = cli("map", tmp_path / "map.png", "--space", "agf:mfcc", "--store", root, "--json")
     assert drawn.exit_code == 0 and (tmp_path / "map.png").stat().st_size > 10_000
+
+
+def test_a_search_loads_no_torch_librosa_or_matplotlib(searchable):
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom agf.cli import main\nsys.argv = ['agf', 'similar', '--id', '1', '--quiet', '--store', "
+             f"{str(searchable)!r}]\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+             "print([m for m in ('torch', 'librosa', 'matplotlib', 'sklearn') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr

@@ -7,13 +7,13 @@ the genre tree. Readers never decode audio; a missing file becomes the pipeline'
 import ast
 import csv
 import stat
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agf.errors import AgfError
 from agf.ingest.audio import AUDIO_EXTENSIONS
 from agf.ingest.released import read_released
+from agf.store.artists import slug
 from agf.store.paths import path_text
 
 
@@ -49,12 +49,6 @@ class GenreRow:
     title: str
     parent_id: int | None
     top_level: int | None
-
-
-def slug(text: str) -> str:
-    """Case- and accent-insensitive key of a name: 'Émile  Zola' -> 'emile zola'."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    return " ".join("".join(c for c in decomposed if not unicodedata.combining(c)).casefold().split())
 
 
 # -- FMA ----------------------------------------------------------------------------------------

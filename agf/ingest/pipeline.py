@@ -25,7 +25,8 @@ from agf.engine import LOCAL, Engine, connect, ray_ingest_results
 from agf.ingest.audio import AudioError, decode_clip, resample
 from agf.ingest.compiled import compile_lock
 from agf.ingest.features import DEFAULT_FEATURES, FRAME_EXTRACTORS, VECTOR_EXTRACTORS, Spectra
-from agf.ingest.metadata import Candidate, GenreRow, slug
+from agf.ingest.metadata import Candidate, GenreRow
+from agf.store.artists import slug
 from agf.progress import progress_bar
 from agf.store import SCHEMAS, FrameCache, Store, fixed_vectors, now_utc
 from agf.store.paths import open_regular, path_text

@@ -39,6 +39,8 @@ from agf.store.models import flatten_state, latest_model, load_arrays, save_arra
 FRAME_SOURCES = ("mfcc", "dmfcc")
 VECTOR_SOURCES = ("fma", "essentia")
 SOURCES = (*FRAME_SOURCES, *VECTOR_SOURCES, "tags")
+#: What a CNN can be trained against: the top-level genre, and each source's factors.
+CNN_TARGETS = ("genre", *(f"agf:{s}" for s in SOURCES))
 KIND = "factors"
 
 

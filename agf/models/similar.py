@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from agf.errors import AgfError
-from agf.ingest.metadata import slug
 from agf.models.spaces import refresh_artist_vectors, track_spaces
 from agf.progress import say
 from agf.store import Store
-from agf.store.artists import ArtistDirectory, artist_rows
+from agf.store.artists import ArtistDirectory, artist_rows, slug
 from agf.store.index import build_index, list_indexes, load_index, save_index
 
 SOURCE_TABLES = ("tracks", "agf", "embeddings", "models")

@@ -11,8 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from agf.errors import AgfError
-from agf.models.factors import SOURCES, current_factors
-from agf.models.train import CNN_TARGETS
+from agf.models.factors import CNN_TARGETS, SOURCES, current_factors
 from agf.store import Store
 from agf.store.models import latest_model
 

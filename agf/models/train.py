@@ -20,6 +20,7 @@ from agf.errors import AgfError
 from agf.models.calibration import fit_temperature
 from agf.models.cnn import EMBEDDING_DIM, GenreCNN, inference_copy, soft_cross_entropy
 from agf.models.data import Spectrograms, assign_splits
+from agf.models.factors import CNN_TARGETS
 from agf.models.factors import SOURCES as AGF_SOURCES
 from agf.models.factors import current_factors
 from agf.progress import progress_bar, say
@@ -27,7 +28,6 @@ from agf.store import Store, fixed_vectors, now_utc
 from agf.store.models import latest_model, load_checkpoint, load_weights, save_model
 
 MIN_TRAINING_TRACKS = 10
-CNN_TARGETS = ("genre", *(f"agf:{s}" for s in AGF_SOURCES))
 
 
 @dataclass

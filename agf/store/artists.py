@@ -1,11 +1,17 @@
 """Finding an artist by name (case- and accent-insensitive) or by id, with helpful errors."""
 
 import difflib
+import unicodedata
 from collections import defaultdict
 
 from agf.errors import AgfError
-from agf.ingest.metadata import slug
 from agf.store.store import Store
+
+
+def slug(text: str) -> str:
+    """Case- and accent-insensitive key of a name: 'Émile  Zola' -> 'emile zola'."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return " ".join("".join(c for c in decomposed if not unicodedata.combining(c)).casefold().split())
 
 
 def artist_rows(store: Store) -> list[dict]:
