@@ -486,7 +486,7 @@ def similar(
     artist: Annotated[str | None, typer.Argument(help="Artist name (case- and accent-insensitive).")] = None,
     k: Annotated[int, typer.Option("-k", help="Number of neighbours.")] = 10,
     space: Annotated[str | None, typer.Option(help="agf:<source>, emb:<target> or combined (default: combined).")] = None,
-    genre: Annotated[str | None, typer.Option(help="Only artists whose top genre is this.")] = None,
+    genre: Annotated[str | None, typer.Option(help="Only artists with a track of this genre (or of a subgenre of it).")] = None,
     min_tracks: Annotated[int, typer.Option(help="Only artists with at least this many tracks.")] = 1,
     artist_id: Annotated[int | None, typer.Option("--id", help="Artist id instead of a name.")] = None,
     track: Annotated[int | None, typer.Option(help="Find tracks similar to this track_id instead.")] = None,

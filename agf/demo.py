@@ -76,7 +76,8 @@ def run_demo(corpus: Path | None = None, store_dir: Path | None = None, quick: b
     report: dict = {}
     with Store.open(store_dir, create=True, write=True) as store:
         candidates, tree = collect(Path(corpus), manifest=manifest)
-        report["ingest"] = ingest(store, candidates, tree, features=("mfcc", "dmfcc", "fma"), workers=workers, quiet=quiet).as_dict()
+        summary = ingest(store, candidates, tree, features=("mfcc", "dmfcc", "fma"), workers=workers, quiet=quiet)
+        report["ingest"] = [summary.as_dict()]  # a one-row table, like every other part of the report
         factors = build_factors(store, default_sources(store), plan["factors"], quiet=quiet)
         report["factors"] = [{k: f[k] for k in ("source", "words", "topics", "artists", "perplexity", "seconds")} for f in factors]
         targets = ["genre"] + [f"agf:{f['source']}" for f in factors]

@@ -100,7 +100,8 @@ def test_demo_quick_runs_end_to_end_and_leaves_the_folder_it_runs_in_empty(tmp_p
     assert list(here.iterdir()) == []
     demo = tmp_path / "data" / "agf" / "demo"
     report = json.loads(out.stdout)
-    assert report["ingest"]["ingested"] == 128 and report["ingest"]["failed"] == 0
+    assert report["ingest"][0]["ingested"] == 128 and report["ingest"][0]["failed"] == 0
+    assert all(isinstance(part, list) for part in report.values())  # every part prints as a table, none as a raw dict
     assert [f["source"] for f in report["factors"]] == ["mfcc", "dmfcc", "fma", "tags"]
     assert [t["target"] for t in report["training"]] == ["genre", "agf:mfcc", "agf:dmfcc", "agf:fma", "agf:tags", "transfer"]
     models = [r["model"].split(" (")[0] for r in report["genre_report"]]

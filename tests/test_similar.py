@@ -113,9 +113,12 @@ def test_filters_names_and_batches_from_the_cli(searchable, cli, tmp_path):
     classical = json.loads(cli("similar", "Doug Kaufman", "-k", "20", "--genre", "classical", "--min-tracks", "3",
                                "--store", searchable, "--json").stdout)
     store = Store.open(searchable)
-    eligible = store.query("SELECT artist_id FROM tracks GROUP BY 1 HAVING mode(genre_top) = 'Classical' AND count(*) >= 3 "
+    # any artist with a Classical track counts, whatever its most frequent genre
+    eligible = store.query("SELECT artist_id FROM tracks GROUP BY 1 HAVING bool_or(list_contains(genres_all, "
+                           "(SELECT genre_id FROM genres WHERE title = 'Classical'))) AND count(*) >= 3 "
                            "AND artist_id <> (SELECT artist_id FROM artists WHERE name = 'Doug Kaufman')").num_rows
-    assert len(classical) == eligible and all(r["top_genre"] == "Classical" and r["tracks"] >= 3 for r in classical)
+    assert len(classical) == eligible and all(r["tracks"] >= 3 for r in classical)
+    assert {r["top_genre"] for r in classical} == {"Classical", "Rock"}  # K-Pone: mostly Rock, some Classical
     unknown = cli("similar", "Doug Kaufmn", "--store", searchable)
     assert unknown.exit_code == 1 and unknown.output.strip() == "Error: no artist named 'Doug Kaufmn'; did you mean 'Doug Kaufman'?"
     queries = tmp_path / "q.csv"

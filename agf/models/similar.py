@@ -91,7 +91,7 @@ class Similar:
 
     def _allowed(self, ids: np.ndarray, exclude: int, genre: str | None, min_tracks: int) -> np.ndarray:
         keep = [i for i in ids.tolist() if i != exclude and self.facts[i]["tracks"] >= min_tracks
-                and (genre is None or slug(self.facts[i]["top_genre"] or "") == slug(genre))]
+                and (genre is None or slug(genre) in {slug(g) for g in self.facts[i]["genres"]})]
         return np.asarray(keep, dtype=np.int64)
 
     def artists(self, artist: dict, k: int = 10, space: str | None = None, genre: str | None = None,

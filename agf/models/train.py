@@ -153,16 +153,18 @@ def fit_cnn(store: Store, target: str, params: TrainParams, quiet: bool = False)
     schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.5, patience=1)
     best, best_state, stale, history, samples = float("inf"), None, 0, [], 0
     train_seconds = 0.0
-    with progress_bar(params.epochs, f"train {target}", "epochs", quiet) as bar:
+    steps = -(-len(train) * params.crops_per_track // params.batch_size)  # batches per epoch
+    # counted in batches, so the bar moves, and its ETA means something, within the first epoch
+    with progress_bar(params.epochs * steps, f"train {target}", "batches", quiet) as bar:
         for epoch in range(params.epochs):
             epoch_started = time.perf_counter()
-            loss = _epoch(model, optimiser, spectra, labelled, y, train, params, rng, device)
+            loss = _epoch(model, optimiser, spectra, labelled, y, train, params, rng, device, bar)
             train_seconds += time.perf_counter() - epoch_started
             samples += len(train) * params.crops_per_track
             val_loss = _validation_loss(model, spectra, labelled, y, val, device)
             schedule.step(val_loss)
             history.append({"epoch": epoch + 1, "loss": round(loss, 4), "val_loss": round(val_loss, 4)})
-            bar.advance(info=f"loss {loss:.3f} val {val_loss:.3f}")
+            bar.advance(0, info=f"epoch {epoch + 1}: loss {loss:.3f} val {val_loss:.3f}")
             if val_loss < best - 1e-4:
                 best, best_state, stale = val_loss, copy.deepcopy(model.state_dict()), 0
             else:
@@ -181,12 +183,13 @@ def fit_cnn(store: Store, target: str, params: TrainParams, quiet: bool = False)
     return model, spectra, config, metrics
 
 
-def _epoch(model, optimiser, spectra, labelled, y, train, params, rng, device) -> float:
+def _epoch(model, optimiser, spectra, labelled, y, train, params, rng, device, bar) -> float:
     model.train()
     order = rng.permutation(np.repeat(np.asarray(train), params.crops_per_track))
     losses = []
     for start in range(0, len(order), params.batch_size):
         batch = order[start : start + params.batch_size]
+        bar.advance()
         if len(batch) < 2:  # batch norm needs two samples
             continue
         x = torch.from_numpy(np.stack([spectra.crop(labelled[i]["track_id"], rng) for i in batch])[:, None]).to(device)

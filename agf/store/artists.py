@@ -15,10 +15,14 @@ def slug(text: str) -> str:
 
 
 def artist_rows(store: Store) -> list[dict]:
-    """Every artist with its track count and most frequent top genre, by artist_id."""
+    """Every artist with its track count, most frequent top genre and every genre of its tracks
+    (``genres``: titles, ancestors included), by artist_id."""
     return store.query(
-        "SELECT a.artist_id, a.name, count(t.track_id) AS tracks, mode(t.genre_top) AS top_genre FROM artists a "
-        "LEFT JOIN tracks t USING (artist_id) GROUP BY ALL ORDER BY a.artist_id"
+        "WITH named AS (SELECT t.artist_id, list(DISTINCT g.title ORDER BY g.title) AS genres FROM tracks t "
+        "JOIN genres g ON list_contains(t.genres_all, g.genre_id) GROUP BY 1) "
+        "SELECT a.artist_id, a.name, count(t.track_id) AS tracks, mode(t.genre_top) AS top_genre, "
+        "coalesce(any_value(named.genres), []) AS genres FROM artists a LEFT JOIN tracks t USING (artist_id) "
+        "LEFT JOIN named USING (artist_id) GROUP BY a.artist_id, a.name ORDER BY a.artist_id"
     ).to_pylist()
 
 
