@@ -143,6 +143,16 @@ def test_filters_names_and_batches_from_the_cli(searchable, cli, tmp_path):
     assert others and all(albums[t["track_id"]] != asked["album_id"] for t in others)
 
 
+def store_largest_of_each_genre(store: Store) -> list[str]:
+    """Each top genre's artist with the most tracks (first by id on a tie), genres in name order."""
+    rows = store.query("SELECT a.name, coalesce(mode(t.genre_top), 'unknown') AS genre, count(*) AS n, a.artist_id "
+                       "FROM artists a JOIN tracks t USING (artist_id) GROUP BY a.artist_id, a.name").to_pylist()
+    best = {}
+    for r in sorted(rows, key=lambda r: (-r["n"], r["artist_id"])):
+        best.setdefault(r["genre"], r)
+    return [r["name"] for r in sorted(best.values(), key=lambda r: (-r["n"], r["artist_id"]))]
+
+
 def test_an_ambiguous_name_lists_the_candidates(tmp_path):
     import pyarrow as pa
 
@@ -163,6 +173,9 @@ def test_an_index_older_than_its_data_is_stale_until_rebuilt(searchable, tmp_pat
     assert not any(s["stale"] for s in index_status(Store.open(root)))
     drawn = cli("map", tmp_path / "map.png", "--space", "agf:mfcc", "--store", root, "--json")
     assert drawn.exit_code == 0 and (tmp_path / "map.png").stat().st_size > 10_000
+    named = json.loads(drawn.stdout)["named"]  # names are placed only where they cover no other name
+    largest = store_largest_of_each_genre(Store.open(root))
+    assert 0 < len(named) <= 15 and named[: len(largest)] == largest
 
 
 def test_a_search_loads_no_torch_librosa_or_matplotlib(searchable):
