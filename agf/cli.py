@@ -257,7 +257,8 @@ def ingest(
                fma_rate=fma_rate) as opened:
         summary = run_ingest(opened, candidates, genre_tree, features=chosen, workers=workers, force=force,
                                   part_size=part_size, engine=where, quiet=quiet, file_seconds=file_timeout)
-    say(f"ingested {summary.ingested}, skipped {summary.skipped}, failed {summary.failed} "
+    warned = f" ({summary.warned} with decoder warnings: see ingest_errors)" if summary.warned else ""
+    say(f"ingested {summary.ingested}{warned}, skipped {summary.skipped}, failed {summary.failed} "
         f"in {summary.seconds:.1f} s ({summary.files_per_second:.1f} files/s)", quiet)
     return summary.as_dict()
 
@@ -476,8 +477,12 @@ def index_list(store: StoreDir = DEFAULT_STORE):
     Example: agf index list --json
     """
     from agf.models.similar import index_status
+    from agf.progress import say
 
-    return index_status(_open(store))
+    indexes = index_status(_open(store))
+    if not indexes:
+        say("no index yet: run `agf index build`")
+    return indexes
 
 
 @app.command(rich_help_panel="Use")

@@ -252,3 +252,42 @@ def test_a_file_past_its_time_bound_becomes_an_error_row_and_the_next_run_takes_
     assert error == {"stage": "decode", "error": "took longer than 0.001 s (--file-timeout): skipped"}
     again = cli("ingest", tmp_path, "--store", tmp_path / "s", "--json", "--quiet")
     assert json.loads(again.stdout)["ingested"] == 1
+
+
+def test_commands_run_too_early_name_the_command_that_comes_first(small_store, tmp_path, cli):
+    root = copy_of(small_store, tmp_path)  # ingested, nothing learned yet
+    expected = {
+        ("similar", "--id", "1"): "run `agf index build`",
+        ("index", "build"): "run `agf factors build`",
+        ("factors", "update"): "run `agf factors build` first",
+        ("factors", "show", "--id", "1"): "run `agf factors build`",
+        ("embed",): "run `agf train --target all` first",
+        ("train", "--target", "transfer"): "run `agf train --target all` first",
+        ("tag", next(small_store.parent.parent.rglob("*.flac"), small_store)): "run `agf train --target all`",
+    }
+    for command, hint in expected.items():
+        assert hint in one_error_line(cli(*command, "--store", root)), command
+    out = cli("evaluate", "--store", root, "--json", "--full")
+    assert out.exit_code == 0 and any("no trained genre model yet" in w for w in json.loads(out.stdout)["warnings"])
+    assert "run `agf index build`" in cli("index", "list", "--store", root).stderr
+
+
+def test_decoder_complaints_stay_off_the_terminal_and_are_counted_and_kept(game_music, tmp_path):
+    clip = sorted((game_music / "clips").rglob("*.mp3"))[0].read_bytes()
+    damaged = bytearray(clip)
+    for i in range(5000, len(damaged), 7919):  # flipped bytes through the frames: libmpg123 complains, then copes
+        damaged[i] ^= 0xFF
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "damaged.mp3").write_bytes(bytes(damaged))
+    (tmp_path / "in" / "cut.mp3").write_bytes(clip[:40_000])
+    result = subprocess.run([*AGF, "ingest", str(tmp_path / "in"), "--workers", "2", "--store", str(tmp_path / "s"),
+                             "--json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "libmpg123" not in result.stderr and "Xing" not in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["ingested"] == 2 and summary["decoder_warnings"] == 2
+    assert "2 with decoder warnings: see ingest_errors" in result.stderr
+    with Store.open(tmp_path / "s") as store:
+        kept = store.query("SELECT stage, error FROM ingest_errors ORDER BY path").to_pylist()
+    assert [k["stage"] for k in kept] == ["decode warning"] * 2
+    assert "Xing stream size" in kept[0]["error"] and "libmpg123" in kept[1]["error"]

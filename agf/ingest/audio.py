@@ -1,6 +1,9 @@
 """Decoding: any supported file to one mono float32 clip at the store's sample rate."""
 
+import contextlib
 import os
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,31 @@ class AudioError(Exception):
 
 
 MIN_SECONDS = 0.5  # shorter clips have too few frames for any feature to mean anything
+
+
+@contextlib.contextmanager
+def decoder_messages(enabled: bool = True):
+    """Collect what C libraries write to file descriptor 2 while the block runs: libmpg123
+    reports damaged frames there, past Python. Yields a list, filled with the lines at exit.
+
+    Redirecting descriptor 2 affects the whole process, so only a worker process, whose
+    stderr nothing else draws on, should enable it (a progress bar would vanish into it).
+    """
+    messages: list[str] = []
+    if not enabled:
+        yield messages
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield messages
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            messages.extend(line.strip() for line in sink.read().decode("utf-8", "replace").splitlines() if line.strip())
 
 
 def load_clip(path: Path, sample_rate: int, max_seconds: float) -> tuple[np.ndarray, int, float]:

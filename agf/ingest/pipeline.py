@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from agf.engine import LOCAL, Engine, connect, ray_ingest_results
-from agf.ingest.audio import AudioError, decode_clip, resample
+from agf.ingest.audio import AudioError, decode_clip, decoder_messages, resample
 from agf.ingest.compiled import compile_lock
 from agf.ingest.features import DEFAULT_FEATURES, FRAME_EXTRACTORS, VECTOR_EXTRACTORS, Spectra
 from agf.ingest.metadata import Candidate, GenreRow
@@ -40,6 +40,7 @@ class IngestSummary:
     skipped: int = 0
     failed: int = 0
     listed: int = 0  # tracks stored from FMA's metadata and released features, their audio elsewhere
+    warned: int = 0  # ingested, but the decoder complained (its words are in ingest_errors)
     seconds: float = 0.0
     track_ids: dict[int, int] = field(default_factory=dict, repr=False)
     errors: dict[int, str] = field(default_factory=dict, repr=False)
@@ -51,6 +52,7 @@ class IngestSummary:
 
     def as_dict(self) -> dict:
         return {"ingested": self.ingested, "skipped": self.skipped, "failed": self.failed, "listed": self.listed,
+                "decoder_warnings": self.warned,
                 "seconds": self.seconds, "files_per_second": round(self.files_per_second, 2)}
 
 
@@ -80,12 +82,13 @@ class ExtractConfig:
 # -- the worker side ------------------------------------------------------------------------------
 
 _KNOWN_SHA: frozenset = frozenset()
+_IN_WORKER = False  # a worker process may take over file descriptor 2 (see decoder_messages)
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def _init_worker(known_sha: frozenset, parent: int) -> None:
-    global _KNOWN_SHA
-    _KNOWN_SHA = known_sha
+    global _KNOWN_SHA, _IN_WORKER
+    _KNOWN_SHA, _IN_WORKER = known_sha, True
     die_with_parent(parent)
     # The parent handles Ctrl-C; workers just stop when it shuts the pool down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -119,7 +122,8 @@ def extract(path: Path, config: ExtractConfig) -> dict:
     Returns ``{"native_rate", "duration_s", "frames": {kind: (n_frames, n_bins)}, "vectors":
     {feature_set: (dim,)}}``; raises :class:`AudioError` with the failing stage.
     """
-    native, native_rate, duration = decode_clip(path, config.clip_seconds)
+    with decoder_messages(enabled=_IN_WORKER) as messages:  # kept off the terminal, recorded per file
+        native, native_rate, duration = decode_clip(path, config.clip_seconds)
     y = resample(native, native_rate, config.sample_rate)
     start = max(0.0, (duration - config.clip_seconds) / 2)
     spectra = Spectra(y, config.sample_rate, path=path, clip=(start, start + len(y) / config.sample_rate))
@@ -131,7 +135,8 @@ def extract(path: Path, config: ExtractConfig) -> dict:
         raise AudioError("features", f"{type(exc).__name__}: {exc}") from None
     if not all(np.isfinite(a).all() for a in (*frames.values(), *vectors.values())):
         raise AudioError("features", "features are not finite: the samples lie far outside [-1, 1]")
-    return {"native_rate": native_rate, "duration_s": duration, "frames": frames, "vectors": vectors}
+    return {"native_rate": native_rate, "duration_s": duration, "frames": frames, "vectors": vectors,
+            "warnings": messages}
 
 
 def _features(spectra: Spectra, config: ExtractConfig,
@@ -397,6 +402,10 @@ def ingest(
             batch.vectors.setdefault(name, []).append((track_id, vector))
         batch.tracks.append(_track_row(track_id, candidate, sha, data, ids))
         summary.ingested += 1
+        if data["warnings"]:  # decoded, with complaints: counted, and kept where they can be read
+            summary.warned += 1
+            batch.errors.append({"path": path_text(Path(candidate.path).resolve()), "stage": "decode warning",
+                                 "error": " | ".join(data["warnings"])[:2000], "at": now_utc()})
 
     audio = [i for i, c in enumerate(candidates) if c.path is not None]  # position in the run -> in candidates
     for index, candidate in enumerate(candidates):

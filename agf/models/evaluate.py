@@ -92,6 +92,7 @@ def evaluate(store: Store, split: str = "auto", seed: int = 0, out_dir: Path | N
     if (row := latest_model(store, "transfer", "genre")) is not None:
         model_classes, p = transfer_probabilities(store, row["model_id"], test_ids)
         models[f"transfer MLP ({row['model_id']})"] = _align(p, model_classes, classes)
+    trained = bool(models)
     baseline, feature = _baseline(store, tracks, splits, classes, test, seed)
     if baseline is not None:
         models[f"baseline: logistic regression on {feature}"] = baseline
@@ -100,7 +101,9 @@ def evaluate(store: Store, split: str = "auto", seed: int = 0, out_dir: Path | N
         "test_artists": len({t["artist_id"] for t in test}),
         "test_artists_also_in_training": len({t["artist_id"] for t in test} & train_artists),
         "support": {c: y_true.count(c) for c in classes},
-        "warnings": inconclusive(y_true),
+        "warnings": inconclusive(y_true) + ([] if trained else [
+            "no trained genre model yet, only the baseline is scored: run `agf train --target all`, `agf embed` and "
+            "`agf train --target transfer`"]),
         "models": {name: scores(y_true, p, classes) for name, p in models.items()},
     }
     if out_dir is not None:

@@ -448,6 +448,8 @@ def update_factors(store: Store, sources: list[str] | None = None, quiet: bool =
         factors = lda.transform(bags) if artist_ids else np.zeros((0, lda.n_components))
         _write_rows(store, source, row["model_id"], hist, artist_ids, bags, factors, replace_model=False)
         results.append({"source": source, "model_id": row["model_id"], "new_tracks": len(hist), "new_artists": len(artist_ids)})
+    if not results:
+        raise AgfError("no factors to update yet: run `agf factors build` first")
     return results
 
 
