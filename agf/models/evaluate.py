@@ -139,6 +139,16 @@ def _align(probabilities: np.ndarray, model_classes: list[str], classes: list[st
 
 
 def _plot_confusion(report: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = confusion_figure(report)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def confusion_figure(report: dict):
+    """A matplotlib figure: one confusion matrix per model of ``report``, each cell shaded by the
+    share of its true genre's tracks and its count written white on dark cells, black on light."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,8 +173,7 @@ def _plot_confusion(report: dict, path: Path) -> None:
         ax.set_xlabel("predicted genre")
         ax.set_ylabel("true genre (shade: share of its tracks)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def _plot_reliability(report: dict, path: Path) -> None:
