@@ -96,7 +96,8 @@ def ray_ingest_results(engine: Engine, paths: list[str], config, check_known: bo
     ray = connect(engine)
     known_ref = ray.put(known)
     dataset = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)])
-    dataset = dataset.map_batches(_extract_rows, batch_size=16, fn_kwargs={
+    # small batches: results reach the driver, and are committed, a few files at a time
+    dataset = dataset.map_batches(_extract_rows, batch_size=4, fn_kwargs={
         "config": config, "check_known": check_known, "known_ref": known_ref}, num_cpus=1)
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         for result in batch["result"]:

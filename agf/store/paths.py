@@ -48,19 +48,18 @@ def open_regular(path: Path):
     Raises ``OSError`` (``EINVAL`` for a file that is not regular), like ``open`` does.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once instead of waiting for a writer
-    # The file object owns the descriptor from here: closing both (after an exception raised by a
-    # signal handler between two lines) could close a descriptor the number had been reused for.
-    fh = os.fdopen(fd, "rb")
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
             raise OSError(22, f"not a regular file ({kind})", str(path))
         os.set_blocking(fd, True)
-        return fh
     except BaseException:
-        fh.close()
+        os.close(fd)
         raise
+    # From here the file object alone owns the descriptor: never closed twice, even when a signal
+    # handler's exception lands between two lines (a second close could hit a reused number).
+    return os.fdopen(fd, "rb")
 
 
 def read_store_file(root: Path, relative: str | os.PathLike, what: str) -> bytes:
