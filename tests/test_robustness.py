@@ -272,7 +272,8 @@ def test_commands_run_too_early_name_the_command_that_comes_first(small_store, t
     assert "run `agf index build`" in cli("index", "list", "--store", root).stderr
 
 
-def test_decoder_complaints_stay_off_the_terminal_and_are_counted_and_kept(game_music, tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_decoder_complaints_stay_off_the_terminal_and_are_counted_and_kept(game_music, tmp_path, workers):
     clip = sorted((game_music / "clips").rglob("*.mp3"))[0].read_bytes()
     damaged = bytearray(clip)
     for i in range(5000, len(damaged), 7919):  # flipped bytes through the frames: libmpg123 complains, then copes
@@ -280,7 +281,7 @@ def test_decoder_complaints_stay_off_the_terminal_and_are_counted_and_kept(game_
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "damaged.mp3").write_bytes(bytes(damaged))
     (tmp_path / "in" / "cut.mp3").write_bytes(clip[:40_000])
-    result = subprocess.run([*AGF, "ingest", str(tmp_path / "in"), "--workers", "2", "--store", str(tmp_path / "s"),
+    result = subprocess.run([*AGF, "ingest", str(tmp_path / "in"), "--workers", workers, "--store", str(tmp_path / "s"),
                              "--json"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "libmpg123" not in result.stderr and "Xing" not in result.stderr

@@ -328,7 +328,7 @@ def ingest(
     Parameters
     ----------
     workers : int, optional
-        Worker processes (default: every core); 1 runs in this process.
+        Worker processes (default: every core).
     force : bool
         Recompute files whose audio is already stored, keeping their track ids.
     part_size : int
@@ -467,12 +467,9 @@ def _results(candidates: list[Candidate], config: ExtractConfig, workers: int, c
 
     In order, not as they finish: track ids are assigned as results arrive, so the same files
     get the same ids (and the factors fitted on them the same dictionary) whatever the timing.
+    One worker is a process too: decoders' complaints, time bounds and crashes stay in it.
     """
-    if workers <= 1:
-        global _KNOWN_SHA
-        _KNOWN_SHA = known
-        for index, c in enumerate(candidates):
-            yield _work(index, str(c.path), config, check_known)
+    if not candidates:
         return
     warm_up(config)
     pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(known, os.getpid()))
