@@ -143,6 +143,22 @@ def test_filters_names_and_batches_from_the_cli(searchable, cli, tmp_path):
     assert others and all(albums[t["track_id"]] != asked["album_id"] for t in others)
 
 
+def test_the_map_says_what_each_visual_channel_means(searchable):
+    import matplotlib.colors
+
+    from agf.models.similar import PALETTE, map_figure
+
+    fig, named, artists = map_figure(Store.open(searchable), "agf:mfcc")
+    ax = fig.axes[0]
+    assert ax.get_xlabel().startswith("principal component 1") and ax.get_ylabel().startswith("principal component 2")
+    legends = [a for a in ax.get_children() if isinstance(a, matplotlib.legend.Legend)]
+    assert sorted(legend.get_title().get_text() for legend in legends) == ["size", "top genre"]
+    genres = next(legend for legend in legends if legend.get_title().get_text() == "top genre")
+    colours = [matplotlib.colors.to_hex(h.get_facecolor()[0]) for h in genres.legend_handles]
+    assert colours == [c.lower() for c in PALETTE[: len(colours)]]  # Okabe-Ito, in order
+    assert 0 < len(named) <= 15 and artists == 19
+
+
 def store_largest_of_each_genre(store: Store) -> list[str]:
     """Each top genre's artist with the most tracks (first by id on a tie), genres in name order."""
     rows = store.query("SELECT a.name, coalesce(mode(t.genre_top), 'unknown') AS genre, count(*) AS n, a.artist_id "

@@ -200,8 +200,20 @@ MARKERS = ("o", "s", "^", "D")
 
 
 def draw_map(store: Store, space: str, out: Path, method: str = "pca", labels: int = 15) -> dict:
-    """A 2-D picture of the artists of ``space``: colour and shape say the top genre, size the
-    number of tracks; the ``labels`` largest artists are named where their names fit."""
+    """Save :func:`map_figure` of ``space`` as the PNG ``out``; returns what was drawn."""
+    import matplotlib.pyplot as plt
+
+    fig, named, artists = map_figure(store, space, method, labels)
+    out = Path(out)
+    fig.savefig(out, dpi=110, bbox_inches="tight")  # "tight": the legends beside the axes stay in the picture
+    plt.close(fig)
+    return {"space": space, "artists": artists, "method": method, "named": named, "file": str(out)}
+
+
+def map_figure(store: Store, space: str, method: str = "pca", labels: int = 15):
+    """The artists of ``space`` in 2-D as a matplotlib figure: colour and shape say the top genre,
+    size the number of tracks (each with its legend); each genre's largest artists are named
+    where their names cover no other. Returns (figure, names placed, number of artists)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -236,10 +248,7 @@ def draw_map(store: Store, space: str, out: Path, method: str = "pca", labels: i
     ax.set_ylabel(axis_names[1])
     ax.set_title(f"{len(ids)} artists in {space} ({'t-SNE' if method == 'tsne' else 'PCA'}); the largest of each "
                  f"genre named where the names fit", fontsize=10)
-    out = Path(out)
-    fig.savefig(out, dpi=110, bbox_inches="tight")  # "tight": the legends beside the axes stay in the picture
-    plt.close(fig)
-    return {"space": space, "artists": len(ids), "method": method, "named": named, "file": str(out)}
+    return fig, named, len(ids)
 
 
 def _project(matrix: np.ndarray, method: str) -> tuple[np.ndarray, tuple[str, str]]:
