@@ -151,6 +151,20 @@ def test_agf_check_finds_damaged_frames_indexes_and_models(trained, tmp_path, cl
     assert "agf check" in one_error_line(out)
 
 
+def test_agf_check_names_fifos_in_place_of_an_index_and_a_model_without_hanging(trained, tmp_path):
+    root = copy_of(trained["store"], tmp_path)
+    subprocess.run([*AGF, "index", "build", "--store", str(root), "--quiet"], check=True, timeout=300)
+    index, model = next((root / "indexes").glob("*.faiss")), next((root / "models").rglob("model.pt"))
+    for path in (index, model):
+        path.unlink()
+        os.mkfifo(path)
+    result = subprocess.run([*AGF, "check", "--store", str(root), "--json"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.startswith("Error: 2 damaged of")
+    found = {(f["kind"], f["file"]) for f in json.loads(result.stdout)}
+    assert found == {("index", str(index.relative_to(root))), ("model", str(model.relative_to(root)))}
+    assert all("not a regular file" in f["problem"] for f in json.loads(result.stdout))
+
+
 def test_a_missing_frames_file_is_one_line_naming_agf_check(trained, tmp_path, cli):
     root = copy_of(trained["store"], tmp_path)
     next((root / "frames" / "logmel").rglob("*.npy")).unlink()

@@ -133,26 +133,32 @@ class Similar:
         """
         space = space or default_space(self.store, "track")
         vi = self._index(space, "track")
-        info = {r["track_id"]: r for r in self.store.query(
-            "SELECT t.track_id, t.title, t.artist_id, t.album_id, a.name AS artist, t.genre_top "
-            "FROM tracks t JOIN artists a USING (artist_id)").to_pylist()}
         try:
             query = vi.vector(track_id)
         except RuntimeError:
             raise AgfError(f"track {track_id} has no vector in track space {space!r}") from None
-        asked = info[track_id]
+        asked = self._track_facts([track_id]).get(track_id)
+        if asked is None:
+            raise AgfError(f"track {track_id} is in the {space!r} index but not in the tracks table: run `agf index build`")
         allowed = None
         if not same_artist or not same_album:
-            allowed = np.asarray([i for i in vi.ids.tolist() if i != track_id and i in info
-                                  and (same_artist or info[i]["artist_id"] != asked["artist_id"])
-                                  and (same_album or asked["album_id"] is None or info[i]["album_id"] != asked["album_id"])],
-                                 dtype=np.int64)
+            excluded = self.store.query(
+                "SELECT track_id FROM tracks WHERE (? AND artist_id = ?) OR (? AND album_id = ?)",
+                [not same_artist, asked["artist_id"], not same_album, asked["album_id"]])["track_id"].to_numpy()
+            allowed = vi.ids[~np.isin(vi.ids, np.append(excluded, track_id))]
         say(f"tracks like {asked['title']!r} by {asked['artist']} (track {track_id}) in {space}"
             + ("" if same_artist else ", other artists only") + ("" if same_album else ", other albums only"), self.quiet)
         sims, ids = vi.search(query, k + 1, allowed)
-        rows = [(s, i) for s, i in zip(sims[0], ids[0]) if i >= 0 and i != track_id][:k]
-        return [{"rank": n, "track_id": int(i), "title": info[i]["title"], "artist": info[i]["artist"],
+        rows = [(s, int(i)) for s, i in zip(sims[0], ids[0]) if i >= 0 and i != track_id][:k]
+        info = self._track_facts([i for _, i in rows])
+        return [{"rank": n, "track_id": i, "title": info[i]["title"], "artist": info[i]["artist"],
                  "similarity": round(float(s), 4), "genre": info[i]["genre_top"]} for n, (s, i) in enumerate(rows, start=1)]
+
+    def _track_facts(self, track_ids: list[int]) -> dict[int, dict]:
+        """Title, artist and album of ``track_ids`` only (a store may hold a million tracks)."""
+        return {r["track_id"]: r for r in self.store.query(
+            "SELECT t.track_id, t.title, t.artist_id, t.album_id, a.name AS artist, t.genre_top FROM tracks t "
+            "JOIN artists a USING (artist_id) WHERE t.track_id IN (SELECT unnest(?::BIGINT[]))", [track_ids]).to_pylist()}
 
     def batch(self, queries: list[dict], k: int, space: str | None = None, genre: str | None = None,
               min_tracks: int = 1):

@@ -18,9 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from agf.errors import AgfError
+from agf.store.frames import FrameCache
 from agf.store.index import read_sidecar
+from agf.store.models import load_payload
 from agf.store.parts import commit_lock
-from agf.store.paths import inside
+from agf.store.paths import inside, read_store_file
 from agf.store.schemas import SCHEMAS
 from agf.store.store import Store
 
@@ -85,8 +87,8 @@ def _parts(store: Store, checked: dict) -> list[dict]:
 
 def _part_problem(store: Store, part: Path, schema: pa.Schema) -> str | None:
     try:
-        inside(store.root, part.relative_to(store.root), "a part")
-        if not stat.S_ISREG(part.stat().st_mode):
+        inside(store.root, part.parent.relative_to(store.root), "a table folder")
+        if not stat.S_ISREG(part.lstat().st_mode):  # as Store.parts judges a part
             return "not a regular file"
         parquet = pq.ParquetFile(part)
         missing = [f.name for f in schema if f.name not in parquet.schema_arrow.names]
@@ -112,13 +114,13 @@ def _frames(store: Store, checked: dict) -> list[dict]:
 
 def _frame_problem(root: Path, path: Path) -> str | None:
     try:
-        inside(root, path.relative_to(root), "a frame file")
-        if not stat.S_ISREG(path.stat().st_mode):
-            return "not a regular file"
-        frames = np.load(path, mmap_mode="r")  # reads the header; a short file fails to map
+        # read as every command reads frames: inside the store, a regular file, a valid .npy
+        frames = FrameCache(root, path.parent.parent.name).read(int(path.stem))
         if frames.ndim != 2 or frames.dtype != np.float16:
             return f"holds {frames.dtype} of shape {frames.shape}, not float16 frames × bins"
-    except (AgfError, ValueError, OSError, EOFError) as exc:
+    except ValueError:
+        return "not a frame file agf wrote (its name is no track id)"
+    except AgfError as exc:
         return " ".join(str(exc).split())[:200]
     return None
 
@@ -130,9 +132,9 @@ def _indexes(store: Store, checked: dict) -> list[dict]:
         path = sidecar.with_suffix(".faiss")
         try:
             meta = read_sidecar(store, sidecar)
-            digest = hashlib.sha256(inside(store.root, path.relative_to(store.root), "an index").read_bytes()).hexdigest()
-            problem = None if digest == meta["sha256"] else "does not match the sha256 in its sidecar"
-        except (AgfError, OSError) as exc:
+            data = read_store_file(store.root, path.relative_to(store.root), "an index")
+            problem = None if hashlib.sha256(data).hexdigest() == meta["sha256"] else "does not match the sha256 in its sidecar"
+        except AgfError as exc:
             problem = " ".join(str(exc).split())[:200]
         if problem:
             out.append(_finding("index", path.stem, path, store.root, problem, "agf index build"))
@@ -141,17 +143,15 @@ def _indexes(store: Store, checked: dict) -> list[dict]:
 
 def _models(store: Store, checked: dict) -> list[dict]:
     out = []
-    for row in store.query("SELECT model_id, kind, path, sha256 FROM models ORDER BY created_at").to_pylist():
+    for row in store.query("SELECT model_id, kind, path FROM models ORDER BY created_at").to_pylist():
         checked["models"] = checked.get("models", 0) + 1
-        rebuild = "agf factors build" if row["kind"] == "factors" else "agf train"
         try:
-            path = inside(store.root, row["path"] or "", f"models row {row['model_id']!r}")
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            problem = None if digest == row["sha256"] else "does not match the sha256 in its models row"
-        except (AgfError, OSError) as exc:
-            path, problem = store.root / "models", " ".join(str(exc).split())[:200]
-        if problem:
-            out.append(_finding("model", row["model_id"], path, store.root, problem, rebuild))
+            load_payload(store, row["model_id"])  # inside the store, a regular file, its recorded sha256
+        except AgfError as exc:
+            named = store.root / (row["path"] or "models")
+            path = named if named.resolve().is_relative_to(store.root) else store.root / "models"
+            out.append(_finding("model", row["model_id"], path, store.root, " ".join(str(exc).split())[:200],
+                                "agf factors build" if row["kind"] == "factors" else "agf train"))
     return out
 
 

@@ -12,11 +12,10 @@
 import io
 import pickle
 
-import numpy as np
 import pyarrow as pa
 
 from agf.errors import AgfError
-from agf.store.models import flatten_state, load_payload, sha256_bytes
+from agf.store.models import flatten_state, load_payload, npz_bytes, sha256_bytes
 from agf.store.parts import COMMIT_LOCK
 from agf.store.paths import inside
 from agf.store.store import FORMAT_VERSION, Store
@@ -45,10 +44,7 @@ def _models_to_arrays(store: Store) -> None:
     converted = []
     for row in pickled:
         _, data = load_payload(store, row["model_id"])  # the path stays in the store, the sha256 matches
-        arrays = flatten_state(_unpickle_factor_model(data, row["model_id"]))
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        payload = buffer.getvalue()
+        payload = npz_bytes(flatten_state(_unpickle_factor_model(data, row["model_id"])))
         old = inside(store.root, row["path"], f"models row {row['model_id']!r}")
         old.with_name("model.npz").write_bytes(payload)
         row.update(path=str(old.with_name("model.npz").relative_to(store.root)), sha256=sha256_bytes(payload))

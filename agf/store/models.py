@@ -134,11 +134,16 @@ def _json_able(value) -> bool:
     return True
 
 
-def save_arrays(store: Store, kind: str, target: str, arrays: dict[str, np.ndarray], params: dict, metrics: dict) -> str:
-    """Save fitted state as ``model.npz`` (no pickled objects) and add its ``models`` row."""
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """``arrays`` as the bytes of an ``.npz`` file (numeric and text arrays only: no pickles)."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    return save_model(store, kind, target, buffer.getvalue(), params, metrics, "model.npz")
+    return buffer.getvalue()
+
+
+def save_arrays(store: Store, kind: str, target: str, arrays: dict[str, np.ndarray], params: dict, metrics: dict) -> str:
+    """Save fitted state as ``model.npz`` (no pickled objects) and add its ``models`` row."""
+    return save_model(store, kind, target, npz_bytes(arrays), params, metrics, "model.npz")
 
 
 def load_arrays(store: Store, model_id: str) -> dict[str, np.ndarray]:
