@@ -9,7 +9,6 @@ import inspect
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +18,7 @@ from agf.errors import AgfError
 from agf.output import render
 
 #: ``agf --help`` lists commands in the order people use them, grouped under these panels.
-WORKING_ORDER = ["demo", "ingest", "factors", "train", "embed", "evaluate", "index", "similar", "map", "tag", "sql",
+WORKING_ORDER = ["demo", "ingest", "factors", "train", "embed", "evaluate", "index", "similar", "map", "tag", "serve", "sql",
                  "info", "tables", "check", "compact", "migrate"]
 
 
@@ -40,7 +39,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from agf import __version__
+        from agf.version import __version__
 
         typer.echo(f"agf {__version__}")
         raise typer.Exit()
@@ -373,10 +372,10 @@ def train(
 ):
     """Train the CNN on a target (genre or an AGF source), every CNN, or the transfer MLP.
 
-    Example: agf train --target all && agf embed && agf train --target transfer
+    Example: agf train --target all --epochs 20
     """
     from agf.models.factors import SOURCES
-    from agf.store.models import latest_model
+    from agf.store.registry import latest_model
     from agf.models.train import TrainParams, train_cnn
     from agf.models.transfer import TransferParams, train_transfer
 
@@ -409,7 +408,7 @@ def embed(
 
     Example: agf embed --model all
     """
-    from agf.models.train import embed as run_embed
+    from agf.models.serving import embed as run_embed
 
     where = _engine(engine, address)
     with _open(store, write=True, wait=wait) as opened:
@@ -431,8 +430,8 @@ def evaluate(
 
     Example: agf evaluate --out ./report
     """
-    from agf.models.evaluate import evaluate as run_evaluate
-    from agf.models.evaluate import summary_rows
+    from agf.app.evaluate import evaluate as run_evaluate
+    from agf.app.evaluate import summary_rows
     from agf.progress import say
 
     opened = _open(store)
@@ -463,7 +462,7 @@ def index_build(
 
     Example: agf index build --space combined
     """
-    from agf.models.similar import build_indexes
+    from agf.app.indexing import build_indexes
 
     with _open(store, write=True, wait=wait) as opened:
         return build_indexes(opened, space or None, quiet=quiet)
@@ -476,7 +475,7 @@ def index_list(store: StoreDir = DEFAULT_STORE):
 
     Example: agf index list --json
     """
-    from agf.models.similar import index_status
+    from agf.app.indexing import index_status
     from agf.progress import say
 
     indexes = index_status(_open(store))
@@ -498,6 +497,7 @@ def similar(
     batch: Annotated[Path | None, typer.Option(help="Answer every query of a CSV/JSON file; JSON lines out.")] = None,
     include_same_artist: Annotated[bool, typer.Option(help="With --track: keep the query artist's own tracks.")] = False,
     exclude_album: Annotated[bool, typer.Option(help="With --track: leave out tracks of the query's album.")] = False,
+    m3u: Annotated[Path | None, typer.Option(help="Also write the neighbours' clips to this playlist (extended M3U).")] = None,
     store: StoreDir = DEFAULT_STORE,
     quiet: Quiet = False,
 ):
@@ -505,7 +505,7 @@ def similar(
 
     Example: agf similar "Doug Kaufman" -k 5 --space agf:mfcc
     """
-    from agf.models.similar import Similar, read_queries
+    from agf.app.similar import Similar, read_queries
 
     if k < 1:
         raise AgfError(f"-k must be a positive number of neighbours, not {k}")
@@ -516,10 +516,18 @@ def similar(
             typer.echo(json.dumps(answer, ensure_ascii=False))
         return None
     if track is not None:
-        return service.tracks(track, k, space, same_artist=include_same_artist, same_album=not exclude_album)
-    if artist is None and artist_id is None:
+        rows = service.tracks(track, k, space, same_artist=include_same_artist, same_album=not exclude_album)
+    elif artist is None and artist_id is None:
         raise AgfError("name an artist, or give --id, --track or --batch")
-    return service.artists(service.directory.resolve(artist, artist_id), k, space, genre, min_tracks)
+    else:
+        rows = service.artists(service.directory.resolve(artist, artist_id), k, space, genre, min_tracks)
+    if m3u is not None:
+        from agf.app.playlists import neighbours_playlist
+        from agf.progress import say
+
+        written = neighbours_playlist(opened, rows, m3u)
+        say(f"playlist {written['playlist']}: {written['entries']} clips", quiet)
+    return rows
 
 
 @app.command("map", rich_help_panel="Use")
@@ -534,7 +542,7 @@ def map_(
 
     Example: agf map artists.png --space agf:mfcc --method tsne
     """
-    from agf.models.similar import draw_map
+    from agf.app.maps import draw_map
 
     return draw_map(_open(store), space, out, method)
 
@@ -545,7 +553,14 @@ def tag(
     paths: Annotated[list[Path] | None, typer.Argument(help="Audio files or folders of new music.")] = None,
     manifest: Annotated[Path | None, typer.Option(help="CSV of the files with a path column (and artist, album, title...): paths relative to the first PATH folder, else to the CSV.")] = None,
     model: Annotated[str | None, typer.Option(help="Transfer model id (default: the newest).")] = None,
-    top: Annotated[int, typer.Option(help="Genres shown per file.")] = 3,
+    top: Annotated[int, typer.Option(help="Genres shown per file; with --write-tags, written at most.")] = 3,
+    write_tags: Annotated[bool, typer.Option("--write-tags", help="Write the genres into the files' own tags (ID3 TCON, Vorbis GENRE, MP4 ©gen); --undo takes them back.")] = False,
+    min_probability: Annotated[float, typer.Option(help="With --write-tags: write only genres at least this probable (calibrated).")] = 0.5,
+    genres_map: Annotated[Path | None, typer.Option(help="With --write-tags: JSON or CSV mapping the model's genres to your names; genres it leaves out are not written.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="With --write-tags or --undo: show the changes, touch no file.")] = False,
+    undo: Annotated[bool, typer.Option("--undo", help="Put back the genre tags agf wrote (to PATHs only, if given) as they were.")] = False,
+    since: Annotated[str | None, typer.Option(help="With --undo: only what agf wrote since this time (2026-11-27T16:00, UTC).")] = None,
+    m3u: Annotated[Path | None, typer.Option(help="Also write the tagged files to this playlist (extended M3U), grouped by genre.")] = None,
     workers: Annotated[int | None, typer.Option(help="Ingest worker processes (default: every core).")] = None,
     chunk_size: Annotated[int, typer.Option(help="Files ingested, embedded, classified and committed together.")] = 256,
     device: Device = "auto",
@@ -558,40 +573,58 @@ def tag(
 ):
     """Tag new music with genres: ingest, embed with the stored CNNs, predict with the transfer MLP.
 
-    Every genre's probability goes to the predictions table; the table shows the top ones per file.
+    Every genre's probability goes to the predictions table; the table shows the top ones per
+    file. --write-tags puts them in the files' own tags too (the audio is never rewritten), after
+    recording what the tags held, so that --undo can put that back.
 
-    Example: agf tag ./new_music/ --top 3
+    Example: agf tag ./new_music/ --write-tags --min-probability 0.4 --dry-run
     """
-    from agf.ingest.metadata import read_files, read_manifest
-    from agf.models.tag import Tagger
-    from agf.progress import say
+    from agf.app.filetags import GenrePolicy, parse_since, read_genres_map, undo as undo_tags
+    from agf.app.tag import files_to_tag, tag_files
 
-    paths, where = paths or [], _engine(engine, address)
-    if manifest:
-        candidates = read_manifest(manifest, paths[0] if paths and paths[0].is_dir() else None)
-    elif paths:
-        candidates = read_files(paths)
-    else:
-        raise AgfError("give the files or folders to tag, or --manifest")
+    if undo:
+        with _open(store, write=True, wait=wait) as opened:
+            return undo_tags(opened, since=parse_since(since), paths=paths, dry_run=dry_run)
+    if dry_run and not write_tags:
+        raise AgfError("--dry-run goes with --write-tags or --undo")
+    policy = GenrePolicy(min_probability, top, read_genres_map(genres_map) if genres_map else None) if write_tags else None
+    candidates, where = files_to_tag(paths, manifest), _engine(engine, address)
     opened = _open(store, write=True, wait=wait)
-    try:
-        tagger = Tagger(opened, model, device, where, precision)
-    except BaseException:
-        opened.close()
-        raise
 
     def rows():  # one row per file as its chunk is committed: output and memory stay bounded
         with opened:
-            started, done, failed = time.perf_counter(), 0, 0
-            for row in tagger.tag(candidates, top=top, workers=workers, chunk_size=chunk_size, total=len(candidates),
-                                  quiet=quiet):
-                done, failed = done + 1, failed + (row["error"] is not None)
-                yield row
-            seconds = time.perf_counter() - started
-        say(f"tagged {done - failed} files with {tagger.model_id} ({tagger.precision}), {failed} failed, in "
-            f"{seconds:.1f} s ({done / max(seconds, 1e-9):.1f} files/s)", quiet)
+            yield from tag_files(opened, candidates, model=model, top=top, workers=workers, chunk_size=chunk_size,
+                                 device=device, precision=precision, engine=where, quiet=quiet, write=policy,
+                                 dry_run=dry_run, m3u=m3u)
 
     return rows()
+
+
+@app.command(rich_help_panel="Use")
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on; the default answers this machine only.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    store: StoreDir = DEFAULT_STORE,
+    quiet: Quiet = False,
+):
+    """A local web page over the store: search artists, listen, see why artists are similar, the map.
+
+    The store is opened read-only; audio is served only from the paths it recorded.
+
+    Example: agf serve --port 8080
+    """
+    from agf.app.web import create_app, serve as run_server
+    from agf.progress import say
+
+    try:
+        web_app = create_app(store)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            say(f"warning: listening on {host}: anyone who can reach this machine can browse the store and play its audio",
+                quiet)
+        say(f"serving {Path(store).expanduser().resolve()} at http://{host}:{port}/ (Ctrl-C to stop)", quiet)
+        run_server(web_app, host, port, quiet)
+    except AgfError as exc:
+        fail(str(exc))
 
 
 # -- the demo -----------------------------------------------------------------------------------
@@ -613,7 +646,7 @@ def demo(
 
     Example: agf demo --quick --store ./demo-store
     """
-    from agf.demo import run_demo
+    from agf.app.demo import run_demo
 
     return run_demo(corpus, store, quick=quick, workers=workers, quiet=quiet)
 

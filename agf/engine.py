@@ -1,19 +1,23 @@
-"""Where the parallel stages run: this machine (``local``) or a Ray cluster (``ray``).
+"""Where parallel work runs: this machine's worker processes (``local``) or a Ray cluster (``ray``).
 
-With ``ray``, the file list becomes a Ray Dataset whose decoding and features run as CPU tasks
-across the cluster, and CNN embedding runs in a pool of actors that each load the model once
-(one GPU per actor when the cluster has GPUs). Results stream back to the driver, which writes
-them into the store exactly as the local engine does — same parts, same atomic commits — so the
-store reads the same whichever engine wrote it. Every node must reach the store's path (a
-shared file system) to read frames and models.
+Two shapes of work, whatever the stage: :func:`map_tasks` maps a function over items (ingest
+decodes and featurises files this way), and :func:`ray_actor_map` streams batches through a
+pool of actors that each load their state once (CNN embedding on a cluster, one GPU per actor
+when it has GPUs). The stage passes its function and state; the engine knows nothing of
+audio, models or the store. Results stream back to the caller, which writes them into the
+store the same way whichever engine computed them. On Ray, every node must reach the store's
+path (a shared file system) to read frames and models.
 """
 
 import os
 import pickle
+import signal
 import socket
+import sys
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -72,67 +76,116 @@ def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
         raise AgfError(f"cannot reach the Ray cluster at {address}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
-# -- ingest: decoding and features as Ray Data tasks ---------------------------------------------
+# -- the two shapes of parallel work --------------------------------------------------------------
+
+_SHARED: dict = {}  # in a worker process: the values every task of a map shares, received once
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def _extract_rows(batch: dict, config, check_known: bool, known_ref) -> dict:
-    """Ray Data task: decode and featurise a batch of files (results pickled, as shapes vary)."""
-    from agf.ingest import pipeline
+def map_tasks(engine: Engine, fn, items: list, *, shared: dict | None = None, workers: int | None = None,
+              setup=None, batch_size: int = 4) -> Iterator:
+    """``fn(item, **shared)`` for every item, in worker processes: results as they are handed back.
 
-    if not pipeline._KNOWN_SHA and known_ref is not None:
-        import ray
-        from threadpoolctl import threadpool_limits
+    Locally, a pool of ``workers`` processes (default: every core) that die with this one;
+    results come back in the items' order, with at most four tasks per worker in flight. On
+    Ray, tasks of ``batch_size`` items, one CPU each; results in completion order. Either way
+    each worker receives ``shared`` once (not once per task), runs ``setup()`` once, and uses
+    one BLAS thread: the workers are the parallelism. ``fn`` and ``setup`` must be module-level
+    functions; one worker is a process too, so what a task does to its process (a crash, a
+    time limit, output on file descriptor 2) stays out of this one.
+    """
+    if engine.is_ray:
+        yield from _ray_map(engine, fn, items, shared or {}, setup, batch_size)
+        return
+    yield from _local_map(fn, items, shared or {}, workers or os.cpu_count() or 1, setup)
 
-        pipeline._KNOWN_SHA = ray.get(known_ref)
-        threadpool_limits(1)  # one BLAS thread per task: the cluster's CPUs are the parallelism
-    results = [pickle.dumps(pipeline._work(int(i), str(p), config, check_known))
-               for i, p in zip(batch["index"], batch["path"])]
+
+def _local_map(fn, items: list, shared: dict, workers: int, setup) -> Iterator:
+    if not items:
+        return
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_enter_local_worker, initargs=(shared, os.getpid(), setup))
+    try:
+        pending: deque = deque()
+        todo = iter(items)
+        while True:
+            for item in todo:
+                pending.append(pool.submit(_call, fn, item))
+                if len(pending) >= 4 * workers:
+                    break
+            if not pending:
+                return
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _enter_local_worker(shared: dict, parent: int, setup) -> None:
+    die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C; workers stop when it shuts the pool
+    _enter_worker(shared, setup)
+
+
+def _enter_worker(shared: dict, setup) -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    _SHARED.update(shared)
+    if setup is not None:
+        setup()
+
+
+def _call(fn, item):
+    return fn(item, **_SHARED)
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this worker process when ``parent`` dies (Linux), so that a killed
+    run leaves no worker running on as an orphan."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _apply(batch: dict, fn, shared_refs: dict, setup) -> dict:
+    """Ray Data task: ``fn(item, **shared)`` on each item of a batch (results pickled, as their shapes vary)."""
+    import ray
+
+    key = tuple(sorted((name, ref.hex()) for name, ref in shared_refs.items()))
+    if _SHARED.get("__map__") != key:  # the first task of this map in this worker process
+        _SHARED.clear()
+        _enter_worker({name: ray.get(ref) for name, ref in shared_refs.items()}, setup)
+        _SHARED["__map__"] = key
+    shared = {name: value for name, value in _SHARED.items() if name != "__map__"}
+    results = [pickle.dumps(fn(pickle.loads(item), **shared)) for item in batch["item"]]
     return {"result": np.array(results, dtype=object)}
 
 
-def ray_ingest_results(engine: Engine, paths: list[str], config, check_known: bool, known: frozenset) -> Iterator[tuple]:
-    """The local pool's worker results, computed by Ray tasks, in completion order (so a driver
-    commits as results stream in; track ids then follow that order, not the files')."""
+def _ray_map(engine: Engine, fn, items: list, shared: dict, setup, batch_size: int) -> Iterator:
     ray = connect(engine)
-    known_ref = ray.put(known)
-    dataset = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)])
-    # small batches: results reach the driver, and are committed, a few files at a time
-    dataset = dataset.map_batches(_extract_rows, batch_size=4, fn_kwargs={
-        "config": config, "check_known": check_known, "known_ref": known_ref}, num_cpus=1)
+    refs = {name: ray.put(value) for name, value in shared.items()}
+    dataset = ray.data.from_items([{"item": pickle.dumps(item)} for item in items])
+    dataset = dataset.map_batches(_apply, batch_size=batch_size, num_cpus=1,
+                                  fn_kwargs={"fn": fn, "shared_refs": refs, "setup": setup})
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         for result in batch["result"]:
             yield pickle.loads(result)
 
 
-# -- embedding: an actor pool holding the model -------------------------------------------------
+def ray_actor_map(engine: Engine, actor: type, args: tuple, items: list, *, batch_size: int = 64,
+                  result_batch: int = 2048) -> Iterator[dict]:
+    """Batches of ``items`` through a pool of ``actor(*args)`` instances, each built once.
 
-
-class _Embedder:
-    """Ray actor: loads one CNN from the store once, then embeds batches of track ids."""
-
-    def __init__(self, root: str, model_id: str, device: str, precision: str):
-        from agf.models.train import load_cnn, pick_device
-        from agf.store import Store
-
-        self.device, self.precision = pick_device(device), precision
-        self.model, self.spectra, _ = load_cnn(Store.open(Path(root)), model_id, self.device)
-
-    def __call__(self, batch: dict) -> dict:
-        from agf.models.train import clip_outputs
-
-        ids = [int(t) for t in batch["track_id"]]
-        vectors, _ = clip_outputs(self.model, self.spectra, ids, self.device, precision=self.precision)
-        return {"track_id": np.asarray(ids, np.int64), "vector": vectors}
-
-
-def ray_embeddings(engine: Engine, root: Path, model_id: str, track_ids: list[int], device: str = "auto",
-                   precision: str = "auto", batch_size: int = 64) -> Iterator[tuple[list[int], np.ndarray]]:
-    """Clip embeddings of ``track_ids`` by ``model_id``, from an actor pool: (ids, (n, 256)) chunks."""
+    An actor is called with ``{"item": array of items}`` and returns a dict of equal-length
+    arrays; those come back in batches of ``result_batch`` rows. The pool has one actor per
+    GPU when the cluster has GPUs, else one per two CPUs.
+    """
     ray = connect(engine)
     gpus = ray.cluster_resources().get("GPU", 0)
     actors = max(1, int(gpus) if gpus else int(ray.cluster_resources().get("CPU", 1)) // 2)
-    dataset = ray.data.from_items([{"track_id": t} for t in track_ids])
-    dataset = dataset.map_batches(_Embedder, fn_constructor_args=(str(root), model_id, device, precision), batch_size=batch_size,
-                                  concurrency=actors, num_gpus=1 if gpus else 0, batch_format="numpy")
-    for batch in dataset.iter_batches(batch_size=2048, batch_format="numpy"):
-        yield batch["track_id"].tolist(), np.asarray(batch["vector"], np.float32)
+    dataset = ray.data.from_items([{"item": item} for item in items])
+    dataset = dataset.map_batches(actor, fn_constructor_args=args, batch_size=batch_size, concurrency=actors,
+                                  num_gpus=1 if gpus else 0, batch_format="numpy")
+    yield from dataset.iter_batches(batch_size=result_batch, batch_format="numpy")

@@ -6,7 +6,6 @@ import itertools
 import json
 import math
 import sys
-import textwrap
 from collections.abc import Iterator
 
 import pyarrow as pa

@@ -31,3 +31,4 @@ CREATE OR REPLACE VIEW artist_vectors AS
     SELECT artist_id, space, vector::{vector:artist_vectors} AS vector FROM {parts:artist_vectors};
 CREATE OR REPLACE VIEW models AS SELECT * FROM {parts:models};
 CREATE OR REPLACE VIEW predictions AS SELECT * FROM {parts:predictions};
+CREATE OR REPLACE VIEW tag_writes AS SELECT * FROM {parts:tag_writes};

@@ -52,38 +52,48 @@ def _corpus(root: Path, n_tracks: int, rng: np.random.Generator) -> list[dict]:
     return tracks
 
 
+class _Frames:
+    """The frames of each track, read from the frame cache when indexed (as the store's reader does)."""
+
+    def __init__(self, root: Path, tracks: list[dict]):
+        from agf.store import FrameCache
+
+        self.cache, self.ids = FrameCache(root, "mfcc"), [t["track_id"] for t in tracks]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.asarray(self.cache.read(self.ids[i]), np.float32)
+
+
 def run_one(method: str, n_tracks: int, clusters: int, topics: int) -> dict:
-    from agf.models import factors as F
+    from agf.models.group_factors import ArtistGroupFactors, artist_bags
 
     rng = np.random.default_rng(0)
     times = {}
     with tempfile.TemporaryDirectory() as tmp:
         tracks = _corpus(Path(tmp), n_tracks, rng)
-
-        class Store:  # the frame-source reader only needs the store's root
-            root = Path(tmp)
-
-        points = F._Points.__new__(F._Points)
-        points.source, points.cache = "mfcc", F.FrameCache(Store.root, "mfcc")
-        params = F.FactorParams(clusters=clusters, topics=topics)
+        points, artist_of = _Frames(Path(tmp), tracks), np.array([t["artist_id"] for t in tracks])
         started = time.perf_counter()
-        if method == "agf":
-            dictionary = F.fit_dictionary("mfcc", points, tracks, params)
+        if method == "agf":  # the estimator's own stages, timed one by one
+            estimator = ArtistGroupFactors(n_clusters=clusters, n_topics=topics).fit_dictionary(points)
             times["fit"] = time.perf_counter() - started
             started = time.perf_counter()
-            hist = F.histograms(dictionary, points, tracks)
+            words = estimator.count_words(points)
         else:
             from sklearn.cluster import MiniBatchKMeans
 
             kmeans = MiniBatchKMeans(clusters, random_state=0, n_init=1)
             for i in range(0, len(tracks), 256):
-                kmeans.partial_fit(np.concatenate([points.of(t["track_id"]) for t in tracks[i : i + 256]]))
+                kmeans.partial_fit(np.concatenate([points[j] for j in range(i, min(i + 256, len(tracks)))]))
             times["fit"] = time.perf_counter() - started
             started = time.perf_counter()
-            hist = {t["track_id"]: F._counts(kmeans.predict(points.of(t["track_id"]))) for t in tracks}
+            words = [tuple(a.astype(np.int32) for a in np.unique(kmeans.predict(points[i]), return_counts=True))
+                     for i in range(len(points))]
         times["assign"] = time.perf_counter() - started
         started = time.perf_counter()
-        artist_ids, bags, _ = F.artist_bags(tracks, hist, clusters)
+        artist_ids, bags, _ = artist_bags(artist_of, words, clusters)
         times["bow"] = time.perf_counter() - started
         started = time.perf_counter()
         _lda(method, topics, len(artist_ids)).fit(bags)
@@ -97,7 +107,7 @@ def _lda(method: str, topics: int, n_artists: int):
     """The library's LDA (every core) for ``agf``; the same model on one core for ``sklearn``."""
     from sklearn.decomposition import LatentDirichletAllocation
 
-    from agf.models.factors import make_lda
+    from agf.models.group_factors import make_lda
 
     if method == "agf":
         return make_lda(topics, n_artists, passes=10, seed=0)
@@ -149,12 +159,12 @@ def full_store(root: Path, rng: np.random.Generator):
                      "genres_all": [int(genre_of[artist])], "tags": [f"tag{genre_of[artist] % 40}"], "split": None,
                      "subset": None, "ingested_at": None})
     vectors = styles[artist_of] + rng.normal(0, 1, size=(FMA_TRACKS, 518))
-    store.write(append={
-        "tracks": pa.Table.from_pylist(rows, schema=SCHEMAS["tracks"]),
-        "artists": pa.Table.from_pylist([{"artist_id": a + 1, "source_id": str(a + 1), "name": f"artist {a + 1}"}
-                                         for a in range(FMA_ARTISTS)]),
-        "features_fma": pa.table({"track_id": pa.array(range(1, FMA_TRACKS + 1), pa.int64()),
-                                  "vector": fixed_vectors(vectors.astype(np.float32))})})
+    with store.transaction() as tx:
+        tx.append("tracks", pa.Table.from_pylist(rows, schema=SCHEMAS["tracks"]))
+        tx.append("artists", pa.Table.from_pylist([{"artist_id": a + 1, "source_id": str(a + 1), "name": f"artist {a + 1}"}
+                                                   for a in range(FMA_ARTISTS)]))
+        tx.append("features_fma", pa.table({"track_id": pa.array(range(1, FMA_TRACKS + 1), pa.int64()),
+                                            "vector": fixed_vectors(vectors.astype(np.float32))}))
     return store
 
 

@@ -84,11 +84,11 @@ def main() -> None:
         result = bench_library("artists", artists, queries)
         save_index(store, result["vi"])
         ids = pa.array(np.arange(1, args.artists + 1), pa.int64())
-        store.write(append={
-            "artists": pa.table({"artist_id": ids, "source_id": [str(i) for i in range(1, args.artists + 1)],
-                                 "name": [f"Artist {i}" for i in range(1, args.artists + 1)]}),
-            "artist_vectors": pa.table({"artist_id": ids, "space": ["artists"] * args.artists, "vector": fixed_vectors(artists)}),
-        })
+        with store.transaction() as tx:
+            tx.append("artists", pa.table({"artist_id": ids, "source_id": [str(i) for i in range(1, args.artists + 1)],
+                                           "name": [f"Artist {i}" for i in range(1, args.artists + 1)]}))
+            tx.append("artist_vectors", pa.table({"artist_id": ids, "space": ["artists"] * args.artists,
+                                                  "vector": fixed_vectors(artists)}))
         bench_duckdb(store, "artist_vectors", "space = 'artists'", queries, 50)
         batch = Path(tmp) / "queries.csv"
         batch.write_text("artist_id\n" + "\n".join(str(i) for i in range(1, 1001)) + "\n")
@@ -107,8 +107,9 @@ def main() -> None:
         result = bench_library("tracks", tracks, queries)
         del result
         track_store = Store.open(Path(tmp) / "tracks", create=True)
-        track_store.write(append={"embeddings": pa.table({"track_id": pa.array(np.arange(1, args.tracks + 1), pa.int64()),
-                                                          "model_id": ["bench"] * args.tracks, "vector": fixed_vectors(tracks)})})
+        with track_store.transaction() as tx:
+            tx.append("embeddings", pa.table({"track_id": pa.array(np.arange(1, args.tracks + 1), pa.int64()),
+                                              "model_id": ["bench"] * args.tracks, "vector": fixed_vectors(tracks)}))
         del tracks
         con = track_store.connect()
         sql = (f"SELECT track_id, array_cosine_similarity(vector, ?::FLOAT[{DIM}]) AS s FROM embeddings "

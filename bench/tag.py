@@ -39,8 +39,9 @@ from agf.ingest.metadata import read_files
 from agf.ingest.pipeline import ExtractConfig, warm_up
 from agf.ingest.synth import write_corpus
 from agf.models.factors import FactorParams, build_factors, default_sources
-from agf.models.tag import STAGES, Tagger
-from agf.models.train import TrainParams, embed, train_cnn
+from agf.app.tag import STAGES, Tagger
+from agf.models.train import TrainParams, train_cnn
+from agf.models.serving import embed
 from agf.models.transfer import TransferParams, train_transfer
 from agf.store import Store
 from agf.store.store import DEFAULT_CONFIG

@@ -21,7 +21,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from agf.models.train import TrainParams, clip_outputs, fit_cnn, pick_precision
+from agf.models.train import TrainParams, fit_cnn
+from agf.models.serving import clip_outputs, pick_precision
 from agf.store import FrameCache, Store
 
 
@@ -32,11 +33,12 @@ def synthetic_store(root: Path, n_tracks: int) -> Store:
     genres = ["Rock", "Electronic", "Jazz", "Classical"]
     for track_id in range(1, n_tracks + 1):
         cache.write(track_id, rng.normal(-40, 10, size=(1292, 128)) + 5 * (track_id % 4))
-    store.write(append={"tracks": pa.Table.from_pylist([
+    with store.transaction() as tx:
+        tx.append("tracks", pa.Table.from_pylist([
         {"track_id": t, "source_id": str(t), "path": f"{t}.mp3", "audio_sha256": str(t), "title": str(t),
          "artist_id": t % 40, "album_id": None, "duration_s": 30.0, "sample_rate": 22050,
          "genre_top": genres[t % 4], "genres": [], "genres_all": [], "tags": [], "split": None, "subset": None,
-         "ingested_at": None} for t in range(1, n_tracks + 1)])})
+         "ingested_at": None} for t in range(1, n_tracks + 1)]))
     return store
 
 

@@ -10,7 +10,8 @@ from agf.cli import app
 from agf.ingest import collect, ingest
 from agf.ingest.synth import write_corpus
 from agf.models.factors import FactorParams, build_factors
-from agf.models.train import TrainParams, embed, train_cnn
+from agf.models.train import TrainParams, train_cnn
+from agf.models.serving import embed
 from agf.models.transfer import TransferParams, train_transfer
 from agf.store import Store
 
@@ -77,3 +78,20 @@ def trained(tmp_path_factory):
         embed(store, quiet=True)
         model_id = train_transfer(store, TransferParams(epochs=20), quiet=True)["model_id"]
     return {"store": root / "store", "corpus": manifest.parent, "model_id": model_id}
+
+
+@pytest.fixture(scope="session")
+def searchable_trained(trained, tmp_path_factory) -> Path:
+    """A folder with ``store`` (the trained store, its indexes built) and ``corpus/new-music`` (one
+    file to tag); read it, don't write it (copy it first)."""
+    import shutil
+
+    from agf.app.indexing import build_indexes
+
+    root = tmp_path_factory.mktemp("searchable")
+    shutil.copytree(trained["store"], root / "store")
+    with Store.open(root / "store", write=True) as store:
+        build_indexes(store, quiet=True)
+    (root / "corpus" / "new-music").mkdir(parents=True)
+    shutil.copy(sorted(trained["corpus"].rglob("*.flac"))[0], root / "corpus" / "new-music" / "newcomer.flac")
+    return root

@@ -4,6 +4,7 @@ import io
 import json
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -79,16 +80,42 @@ def test_version_and_help_in_the_order_people_work(small_store, cli):
     assert listed[:4] == ["demo", "ingest", "factors", "train"] and listed[-2:] == ["compact", "migrate"]
 
 
-def test_every_command_help_ends_with_an_example(cli):
-    from agf.cli import app
-
+def _commands() -> dict[str, object]:
+    """Every leaf command of the CLI, by its full name ('sql', 'factors build', ...)."""
     import typer.main
 
-    group = typer.main.get_command(app)
-    for name, command in group.commands.items():
-        sub = getattr(command, "commands", {name: command})
-        for leaf in sub.values():
-            assert leaf.help.strip().splitlines()[-1].startswith("Example: agf "), leaf.name
+    from agf.cli import app
+
+    leaves = {}
+    for name, command in typer.main.get_command(app).commands.items():
+        for leaf_name, leaf in getattr(command, "commands", {name: command}).items():
+            leaves[name if leaf is command else f"{name} {leaf_name}"] = leaf
+    return leaves
+
+
+COMMANDS = _commands()
+#: Commands whose example makes a store where there is none.
+CREATING = {"ingest", "demo"}
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_a_command_s_help_ends_with_an_example_of_itself(name, cli):
+    example = COMMANDS[name].help.strip().splitlines()[-1]
+    assert example.startswith(f"Example: agf {name}"), example
+    assert cli(*name.split(), "--help").exit_code == 0
+
+
+@pytest.mark.parametrize("name", sorted(set(COMMANDS) - CREATING))
+def test_a_command_s_example_where_nothing_exists_is_one_line_of_error(name, cli, tmp_path):
+    import shlex
+
+    args = [a for a in shlex.split(COMMANDS[name].help.strip().splitlines()[-1].removeprefix("Example: agf "))]
+    if "--store" in args:
+        del args[args.index("--store"):args.index("--store") + 2]
+    out = cli(*args, "--store", tmp_path / "nowhere")
+    assert out.exit_code == 1
+    lines = out.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and ("no agf store at" in lines[0] or "does not exist" in lines[0])
 
 
 def test_demo_quick_runs_end_to_end_and_leaves_the_folder_it_runs_in_empty(tmp_path, cli, monkeypatch):

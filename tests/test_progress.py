@@ -24,7 +24,7 @@ def test_confusion_counts_are_white_on_dark_cells_and_black_on_light_ones():
     import matplotlib.colors
     import numpy as np
 
-    from agf.models.evaluate import confusion_figure
+    from agf.app.evaluate import confusion_figure
 
     confusion = [[9, 1, 0], [2, 2, 0], [0, 5, 5]]  # a rare genre (row 2) shaded by its share, not its count
     report = {"classes": ["A", "B", "C"], "models": {"m": {"confusion": confusion, "accuracy": 0.6}}}

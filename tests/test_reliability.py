@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agf.models.similar import Similar
+from agf.app.similar import Similar
 from agf.store import Store
 from agf.store.index import load_index
 from killing import AGF, agf, every_table_reads, kill_at_random_points, timed

@@ -26,7 +26,7 @@ from scipy import sparse
 from agf.errors import AgfError
 from agf.models.factors import load_factor_model
 from agf.store import Store
-from agf.store.models import latest_model, sha256_bytes
+from agf.store.registry import latest_model, sha256_bytes
 from killing import AGF
 
 SECRET = "agf-secret-7f3a9c"
@@ -209,7 +209,7 @@ def store_copy(trained, tmp_path) -> Path:
     """A copy of the trained store (factors, CNNs, transfer model, embeddings, indexes) to tamper with."""
     root = tmp_path / "store"
     shutil.copytree(trained["store"], root)
-    from agf.models.similar import build_indexes
+    from agf.app.indexing import build_indexes
 
     with Store.open(root, write=True) as store:
         build_indexes(store, quiet=True)
@@ -224,7 +224,8 @@ def test_a_store_agf_writes_holds_no_pickle_and_its_factor_models_reload_exactly
         assert row["path"].endswith("model.npz")
         with np.load(root / row["path"], allow_pickle=False) as npz:
             assert "lda.components_" in npz.files and "dictionary.centroids" in npz.files
-        dictionary, lda = load_factor_model(store, row["model_id"])
+        fitted = load_factor_model(store, row["model_id"])
+        dictionary, lda = fitted.dictionary_, fitted.lda_
         bags = store.query("SELECT artist_id, word_ids, weights FROM artist_bow WHERE model_id = ? ORDER BY artist_id",
                            [row["model_id"]]).to_pylist()
         stored = store.query("SELECT factors FROM agf WHERE model_id = ? ORDER BY artist_id", [row["model_id"]])
@@ -236,15 +237,15 @@ def test_a_store_agf_writes_holds_no_pickle_and_its_factor_models_reload_exactly
 
 def _point_models_at(root: Path, path_of: callable) -> None:
     """Rewrite every models row's path with ``path_of(row)`` -> (path, bytes), sha256 recomputed."""
-    part = next((root / "tables" / "models").glob("*.parquet"))
-    rows = pq.read_table(part).to_pylist()
+    parts = sorted((root / "tables" / "models").glob("*.parquet"))
+    rows = [row for part in parts for row in pq.read_table(part).to_pylist()]
     for row in rows:
         row["path"], data = path_of(row)
         row["sha256"] = sha256_bytes(data)
-    table = pa.Table.from_pylist(rows, schema=pq.read_schema(part))
-    for other in (root / "tables" / "models").glob("*.parquet"):
-        other.unlink()
-    pq.write_table(table, part)
+    table = pa.Table.from_pylist(rows, schema=pq.read_schema(parts[-1]))
+    for part in parts:
+        part.unlink()
+    pq.write_table(table, parts[0])
 
 
 COMMANDS = [
@@ -309,8 +310,8 @@ def _as_written_by_agf_0_1(root: Path, pickled_of=None) -> None:
     def path_of(row):
         if row["model_id"] not in models:
             return row["path"], (root / row["path"]).read_bytes()
-        dictionary, lda = models[row["model_id"]]
-        data = pickled_of(row) if pickled_of else pickle.dumps({"dictionary": dictionary, "lda": lda, "params": {}})
+        fitted = models[row["model_id"]]
+        data = pickled_of(row) if pickled_of else _pickled_as_agf_0_1(fitted.dictionary_, fitted.lda_)
         (root / row["path"]).unlink()
         pkl = Path(row["path"]).with_name("model.pkl")
         (root / pkl).write_bytes(data)
@@ -321,17 +322,28 @@ def _as_written_by_agf_0_1(root: Path, pickled_of=None) -> None:
     (root / "store.json").write_text(json.dumps({**meta, "format_version": 2}))
 
 
+def _pickled_as_agf_0_1(dictionary, lda) -> bytes:
+    """The pickle agf 0.1 wrote: its Dictionary class then lived in agf.models.factors (which
+    still imports it, so pickle finds it there while the class names that module)."""
+    cls = type(dictionary)
+    home, cls.__module__ = cls.__module__, "agf.models.factors"
+    try:
+        return pickle.dumps({"dictionary": dictionary, "lda": lda, "params": {}})
+    finally:
+        cls.__module__ = home
+
+
 def test_migrate_turns_pickled_factor_models_into_arrays_that_project_the_same(store_copy, cli):
     with Store.open(store_copy) as store:
         row = latest_model(store, "factors", "mfcc")
-        _, before = load_factor_model(store, row["model_id"])
+        before = load_factor_model(store, row["model_id"]).lda_
     _as_written_by_agf_0_1(store_copy)
     assert "run `agf migrate" in one_error_line(cli("factors", "update", "--store", store_copy))
     out = cli("migrate", "--store", store_copy, "--json")
     assert json.loads(out.stdout) == {"path": str(store_copy), "format_version_before": 2, "format_version": 3}
     assert not list(store_copy.rglob("*.pkl"))
     with Store.open(store_copy) as store:
-        _, after = load_factor_model(store, row["model_id"])
+        after = load_factor_model(store, row["model_id"]).lda_
     bags = np.random.default_rng(0).uniform(0, 3, (5, before.components_.shape[1]))
     np.testing.assert_array_equal(after.transform(bags), before.transform(bags))
     assert cli("factors", "update", "--store", store_copy, "--quiet").exit_code == 0

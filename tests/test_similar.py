@@ -9,8 +9,10 @@ import pytest
 
 from agf.errors import AgfError
 from agf.models.factors import FactorParams, build_factors
-from agf.models.similar import Similar, build_indexes, index_status
-from agf.models.train import TrainParams, embed, train_cnn
+from agf.app.indexing import build_indexes, index_status
+from agf.app.similar import Similar
+from agf.models.train import TrainParams, train_cnn
+from agf.models.serving import embed
 from agf.store import Store
 from agf.store.artists import resolve_artist
 from agf.store.index import build_index, load_index, save_index
@@ -146,7 +148,7 @@ def test_filters_names_and_batches_from_the_cli(searchable, cli, tmp_path):
 def test_the_map_says_what_each_visual_channel_means(searchable):
     import matplotlib.colors
 
-    from agf.models.similar import PALETTE, map_figure
+    from agf.app.maps import PALETTE, map_figure
 
     fig, named, artists = map_figure(Store.open(searchable), "agf:mfcc")
     ax = fig.axes[0]
@@ -173,8 +175,9 @@ def test_an_ambiguous_name_lists_the_candidates(tmp_path):
     import pyarrow as pa
 
     store = Store.open(tmp_path / "s", create=True)
-    store.write(append={"artists": pa.table({"artist_id": pa.array([1, 2], pa.int64()), "source_id": ["x", "y"],
-                                             "name": ["Nirvana", "nirvána"]})})
+    with store.transaction() as tx:
+        tx.append("artists", pa.table({"artist_id": pa.array([1, 2], pa.int64()), "source_id": ["x", "y"],
+                                       "name": ["Nirvana", "nirvána"]}))
     with pytest.raises(AgfError, match=r"2 artists are named 'NIRVANA': Nirvana \(--id 1\), nirvána \(--id 2\)"):
         resolve_artist(store, "NIRVANA")
 

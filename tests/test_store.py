@@ -17,6 +17,11 @@ def _artists(ids):
     return pa.table({"artist_id": pa.array(ids, pa.int64()), "source_id": [f"a{i}" for i in ids], "name": [f"Artist {i}" for i in ids]})
 
 
+def _append(store, ids):
+    with store.transaction() as tx:
+        tx.append("artists", _artists(ids))
+
+
 def _names(store):
     return store.query("SELECT artist_id FROM artists ORDER BY artist_id")["artist_id"].to_pylist()
 
@@ -31,14 +36,16 @@ def test_a_new_store_has_every_table_as_a_view(tmp_path):
 
 def test_a_crash_before_the_commit_leaves_the_table_unchanged(tmp_path, monkeypatch):
     store = Store.open(tmp_path / "s", create=True)
-    store.write(append={"artists": _artists([1, 2])})
+    _append(store, [1, 2])
 
     def crash(*args, **kwargs):
         raise OSError("power cut")
 
     monkeypatch.setattr(parts_module.os, "replace", crash)
     with pytest.raises(OSError):
-        store.write(append={"artists": _artists([3])}, replace={"genres": SCHEMAS["genres"].empty_table()})
+        with store.transaction() as tx:
+            tx.append("artists", _artists([3]))
+            tx.replace("genres", SCHEMAS["genres"].empty_table())
     monkeypatch.undo()
     assert _names(store) == [1, 2]
     store.close()
@@ -49,14 +56,15 @@ def test_a_crash_before_the_commit_leaves_the_table_unchanged(tmp_path, monkeypa
 
 def test_a_crash_after_the_commit_point_is_finished_on_reopen(tmp_path, monkeypatch):
     store = Store.open(tmp_path / "s", create=True)
-    store.write(append={"artists": _artists([1, 2])})
+    _append(store, [1, 2])
 
     def crash(root, journal):
         raise KeyboardInterrupt  # killed after the journal was written, before the renames
 
     monkeypatch.setattr(parts_module, "_apply", crash)
     with pytest.raises(KeyboardInterrupt):
-        store.write(replace={"artists": _artists([7, 8, 9])})
+        with store.transaction() as tx:
+            tx.replace("artists", _artists([7, 8, 9]))
     monkeypatch.undo()
     store.close()
     reopened = Store.open(tmp_path / "s", write=True)
@@ -65,7 +73,7 @@ def test_a_crash_after_the_commit_point_is_finished_on_reopen(tmp_path, monkeypa
 
 def test_sql_is_read_only(tmp_path):
     store = Store.open(tmp_path / "s", create=True)
-    store.write(append={"artists": _artists([1])})
+    _append(store, [1])
     before = sorted(p.name for p in (tmp_path / "s").rglob("*"))
     for statement in [
         "INSERT INTO artists VALUES (2, 'b', 'B')",
@@ -83,7 +91,8 @@ def test_sql_is_read_only(tmp_path):
 def test_vectors_are_fixed_size_arrays_in_sql(tmp_path):
     store = Store.open(tmp_path / "s", create=True)
     vectors = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0]], dtype=np.float32)
-    store.write(append={"features_mfcc": pa.table({"track_id": pa.array([1, 2, 3], pa.int64()), "vector": fixed_vectors(vectors)})})
+    with store.transaction() as tx:
+        tx.append("features_mfcc", pa.table({"track_id": pa.array([1, 2, 3], pa.int64()), "vector": fixed_vectors(vectors)}))
     rows = store.sql(
         "SELECT b.track_id, round(array_cosine_similarity(a.vector, b.vector)::DOUBLE, 4) AS s "
         "FROM features_mfcc a, features_mfcc b WHERE a.track_id = 1 ORDER BY s DESC, b.track_id"
@@ -110,12 +119,40 @@ def test_a_second_writer_is_refused(tmp_path):
     Store.open(tmp_path / "s", write=True).close()
 
 
-def test_rewriting_keeps_matching_rows_and_appends(tmp_path):
+def test_delete_where_binds_its_parameters_and_rewrites_only_the_parts_it_touches(tmp_path):
     store = Store.open(tmp_path / "s", create=True)
-    store.write(append={"artists": _artists([1, 2, 3])})
-    store.write(append={"artists": _artists([10])}, keep_where={"artists": "artist_id <> 2"})
-    assert _names(store) == [1, 3, 10]
-    assert len(store.parts("artists")) == 1
+    _append(store, [1, 2, 3])
+    _append(store, [4, 5])
+    untouched = store.parts("artists")[-1]
+    with store.transaction() as tx:
+        tx.delete_where("artists", "artist_id = ? OR name = ?", [2, "artist 1' OR 1=1 --"])
+        tx.append("artists", _artists([10]))
+    assert _names(store) == [1, 3, 4, 5, 10]  # the quote is a value, not SQL
+    parts = store.parts("artists")
+    assert untouched in parts and sum("~" in part.name for part in parts) == 1  # one part rewritten, in its place
+
+
+def test_a_transaction_that_raises_commits_nothing(tmp_path):
+    store = Store.open(tmp_path / "s", create=True)
+    _append(store, [1, 2])
+    with pytest.raises(RuntimeError):
+        with store.transaction() as tx:
+            tx.delete_where("artists", "artist_id = ?", [1])
+            tx.append("artists", _artists([3]))
+            raise RuntimeError("changed my mind")
+    assert _names(store) == [1, 2]
+
+
+def test_vector_sizes_come_from_the_parts(tmp_path):
+    store = Store.open(tmp_path / "s", create=True)
+    assert store.vector_size("embeddings") is None
+    with store.transaction() as tx:
+        tx.append("embeddings", pa.table({"track_id": pa.array([1, 2], pa.int64()), "model_id": ["m", "m"],
+                                          "vector": fixed_vectors(np.eye(2, 3))}))
+    assert store.vector_size("embeddings") == 3
+    ids, matrix = store.vectors("embeddings", "model_id = ?", ["m"])
+    assert ids.tolist() == [1, 2] and matrix.shape == (2, 3) and matrix.dtype == np.float32
+    assert store.sql("SELECT typeof(vector) AS t FROM embeddings LIMIT 1")["t"][0].as_py() == "FLOAT[3]"
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -123,7 +160,7 @@ def test_rewriting_keeps_matching_rows_and_appends(tmp_path):
 def test_compaction_keeps_content_identical(tmp_path_factory, batches):
     store = Store.open(tmp_path_factory.mktemp("c") / "s", create=True)
     for batch in batches:
-        store.write(append={"artists": _artists(batch)})
+        _append(store, batch)
     before = store.query("SELECT * FROM artists").to_pylist()
     store.compact()
     assert len(store.parts("artists")) == 1

@@ -10,11 +10,12 @@ import torch
 
 from agf.ingest import collect, ingest
 from agf.ingest.synth import write_corpus
-from agf.models.cnn import GenreCNN, inference_copy, kl_divergence, soft_cross_entropy
-from agf.models.data import Spectrograms
+from agf.models.cnn import ClipCNN, inference_copy, kl_divergence, soft_cross_entropy
+from agf.models.data import PatchReader
 from agf.models.factors import FactorParams, build_factors
 from agf.errors import AgfError
-from agf.models.train import TrainParams, all_tracks, clip_outputs, fit_cnn, load_cnn, pick_precision, save_cnn
+from agf.models.train import TrainParams, all_tracks, fit_cnn, save_cnn
+from agf.models.serving import clip_outputs, load_cnn, pick_precision
 from agf.store import Store
 
 QUICK = TrainParams(epochs=2, crops_per_track=2, batch_size=16, patience=2)
@@ -48,7 +49,7 @@ def test_the_soft_target_loss_has_the_gradients_of_the_kl_divergence():
 
 
 def test_the_cnn_has_the_published_shape():
-    model = GenreCNN(16).eval()
+    model = ClipCNN(16).eval()
     x = torch.zeros(3, 1, 128, 43)
     assert model.embed(x).shape == (3, 256) and model(x).shape == (3, 16)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -56,9 +57,9 @@ def test_the_cnn_has_the_published_shape():
         (16, (5, 5)), (32, (3, 3)), (64, (3, 3)), (64, (3, 3)), (128, (3, 3)), (256, (3, 3)), (256, (1, 1))]
 
 
-def _evaluation_model() -> GenreCNN:
+def _evaluation_model() -> ClipCNN:
     torch.manual_seed(0)
-    model = GenreCNN(8)
+    model = ClipCNN(8)
     for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d)):
         norm.running_mean.uniform_(-0.5, 0.5)  # trained statistics, not the identity of a fresh layer
         norm.running_var.uniform_(0.5, 2.0)
@@ -175,8 +176,8 @@ def test_too_few_labelled_tracks_is_a_clear_error(small_store, tmp_path, cli):
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc")
 def test_embedding_a_long_run_of_clips_keeps_none_of_their_files_mapped(trainable):
     with Store.open(trainable) as store:
-        spectra = Spectrograms(store, np.zeros(128, np.float32), np.ones(128, np.float32))
-        clip_outputs(GenreCNN(4), spectra, [t["track_id"] for t in all_tracks(store)], torch.device("cpu"))
+        spectra = PatchReader(store, np.zeros(128, np.float32), np.ones(128, np.float32))
+        clip_outputs(ClipCNN(4), spectra, [t["track_id"] for t in all_tracks(store)], torch.device("cpu"))
         gc.collect()
         mapped = [line for line in Path("/proc/self/maps").read_text().splitlines() if str(store.root) in line]
     assert mapped == []  # each clip's frames were read once and let go: memory does not grow with the run

@@ -13,7 +13,6 @@ from pathlib import Path
 from agf.errors import AgfError
 from agf.ingest.audio import AUDIO_EXTENSIONS
 from agf.ingest.released import read_released
-from agf.store.artists import slug
 from agf.store.paths import path_text
 
 

@@ -10,18 +10,15 @@ import contextlib
 import hashlib
 import os
 import signal
-import sys
 import threading
 import time
-from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from agf.engine import LOCAL, Engine, connect, ray_ingest_results
+from agf.engine import LOCAL, Engine, connect, map_tasks
 from agf.ingest.audio import AudioError, decode_clip, decoder_messages, resample
 from agf.ingest.compiled import compile_lock
 from agf.ingest.features import DEFAULT_FEATURES, FRAME_EXTRACTORS, VECTOR_EXTRACTORS, Spectra
@@ -81,31 +78,13 @@ class ExtractConfig:
 
 # -- the worker side ------------------------------------------------------------------------------
 
-_KNOWN_SHA: frozenset = frozenset()
 _IN_WORKER = False  # a worker process may take over file descriptor 2 (see decoder_messages)
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def _init_worker(known_sha: frozenset, parent: int) -> None:
-    global _KNOWN_SHA, _IN_WORKER
-    _KNOWN_SHA, _IN_WORKER = known_sha, True
-    die_with_parent(parent)
-    # The parent handles Ctrl-C; workers just stop when it shuts the pool down.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1)  # one BLAS thread per worker process; workers are the parallelism
-
-
-def die_with_parent(parent: int) -> None:
-    """Have the kernel SIGKILL this worker process when ``parent`` dies (Linux), so that a killed
-    ingest leaves no worker running on as an orphan."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)
+def enter_worker() -> None:
+    """Set up a worker process of the ingest map: decoders' complaints are recorded per file."""
+    global _IN_WORKER
+    _IN_WORKER = True
 
 
 def sha256_file(path: Path) -> str:
@@ -168,21 +147,28 @@ def warm_up(config: ExtractConfig) -> None:
     _WARM.add(features)
 
 
-def _work(index: int, path: str, config: ExtractConfig, check_known: bool) -> tuple:
+def extract_file(job: tuple[int, str], *, config: ExtractConfig, known: frozenset = frozenset()) -> tuple:
+    """A worker's task: hash file ``job = (index, path)`` and, unless its sha256 is in ``known``,
+    decode it and compute its features within ``config.file_seconds``.
+
+    Returns ``("ok", index, sha256, extract(...))``, ``("skip", index, sha256)`` or
+    ``("error", index, stage, message)``.
+    """
+    index, path = job
     warm_up(config)  # a no-op in a worker forked from a warm parent; a Ray worker compiles here, locked
     try:
         with time_bound(config.file_seconds):
-            return _one_file(index, path, config, check_known)
+            return _one_file(index, path, config, known)
     except FileTooSlow:
         return ("error", index, "decode", f"took longer than {config.file_seconds:g} s (--file-timeout): skipped")
 
 
-def _one_file(index: int, path: str, config: ExtractConfig, check_known: bool) -> tuple:
+def _one_file(index: int, path: str, config: ExtractConfig, known: frozenset) -> tuple:
     try:
         sha = sha256_file(Path(path))
     except OSError as exc:
         return ("error", index, "read", f"cannot read file: {exc.strerror or exc}")
-    if check_known and sha in _KNOWN_SHA:
+    if sha in known:
         return ("skip", index, sha)
     try:
         return ("ok", index, sha, extract(Path(path), config))
@@ -346,6 +332,9 @@ def ingest(
     workers = workers or os.cpu_count() or 1
     stored = store.query("SELECT source_id, audio_sha256, track_id FROM tracks").to_pylist()
     known = {r["audio_sha256"]: r["track_id"] for r in stored if r["audio_sha256"]}
+    # a file agf wrote genre tags into is the track it was, under its new sha256
+    known.update((r["sha256_after"], r["track_id"]) for r in store.query(
+        "SELECT sha256_after, track_id FROM tag_writes WHERE sha256_after IS NOT NULL").to_pylist())
     listed = {r["source_id"]: r["track_id"] for r in stored}  # a track stored without audio is known by its id
     awaiting_audio = {r["source_id"]: r["track_id"] for r in stored if not r["audio_sha256"]}
     ids = _Ids(store)
@@ -415,10 +404,13 @@ def ingest(
                 commit()
     files = [candidates[i] for i in audio]
     with progress_bar(len(files), "ingest", "files", quiet) as bar:
-        if engine.is_ray:
-            results = ray_ingest_results(engine, [str(c.path) for c in files], config, not force, frozenset(known))
-        else:
-            results = _results(files, config, workers, check_known=not force, known=frozenset(known))
+        if files and not engine.is_ray:
+            warm_up(config)  # before the workers fork: they inherit a warm parent
+        # locally in the files' order, so the same files get the same ids (and factors) whatever the timing;
+        # on Ray in completion order, so results are committed as they stream in
+        results = map_tasks(engine, extract_file, [(i, str(c.path)) for i, c in enumerate(files)], workers=workers,
+                            shared={"config": config, "known": frozenset() if force else frozenset(known)},
+                            setup=enter_worker)
         for result in results:
             handle(result)
             bar.advance()
@@ -456,33 +448,8 @@ def _track_row(track_id: int, c: Candidate, sha: str | None, data: dict | None, 
 
 def _commit(store: Store, tables: dict[str, pa.Table], replaced: list[int], config: ExtractConfig) -> None:
     params = {"sample_rate": config.sample_rate, "clip_seconds": config.clip_seconds, "frames": config.frames}
-    # --force on stored audio: the old rows of those tracks go in the same transaction.
-    keep = f"track_id NOT IN ({', '.join(str(int(t)) for t in replaced)})"
-    keep_where = {name: keep for name, rows in tables.items() if replaced and "track_id" in rows.column_names}
-    store.write(append=tables, keep_where=keep_where, params=params)
-
-
-def _results(candidates: list[Candidate], config: ExtractConfig, workers: int, check_known: bool, known: frozenset):
-    """Yield worker results in the candidates' order, keeping a bounded number of files in flight.
-
-    In order, not as they finish: track ids are assigned as results arrive, so the same files
-    get the same ids (and the factors fitted on them the same dictionary) whatever the timing.
-    One worker is a process too: decoders' complaints, time bounds and crashes stay in it.
-    """
-    if not candidates:
-        return
-    warm_up(config)
-    pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(known, os.getpid()))
-    try:
-        pending: deque = deque()
-        todo = iter(enumerate(candidates))
-        while True:
-            for index, c in todo:
-                pending.append(pool.submit(_work, index, str(c.path), config, check_known))
-                if len(pending) >= 4 * workers:
-                    break
-            if not pending:
-                return
-            yield pending.popleft().result()
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    with store.transaction(params=params) as tx:
+        for name, rows in tables.items():
+            if replaced and "track_id" in rows.column_names:  # --force on stored audio: the old rows go too
+                tx.delete_where(name, "list_contains(?, track_id)", [replaced])
+            tx.append(name, rows)

@@ -26,7 +26,7 @@ def _block(c_in: int, c_out: int, kernel: int, pool: tuple[int, int] | None, dro
     return nn.Sequential(*layers)
 
 
-class GenreCNN(nn.Module):
+class ClipCNN(nn.Module):
     """The CNN; ``n_outputs`` is the number of genres, or of topics for an AGF target."""
 
     def __init__(self, n_outputs: int, n_mels: int = 128):
@@ -82,7 +82,7 @@ class _BFloat16(nn.Module):
         return self.inner(x.to(torch.bfloat16)).float()
 
 
-def inference_copy(model: GenreCNN, precision: str = "fp32") -> GenreCNN:
+def inference_copy(model: ClipCNN, precision: str = "fp32") -> ClipCNN:
     """An evaluation-mode copy rearranged for speed, computing the same function as ``model.eval()``.
 
     Each batch norm is folded into its convolution; ELU moves after max-pooling (ELU is

@@ -60,7 +60,7 @@ def _deal(members: list, fractions, rng: np.random.Generator) -> dict:
     return {m: ("test" if i < n_test else "validation" if i < n_test + n_val else "training") for i, m in enumerate(order)}
 
 
-class Spectrograms:
+class PatchReader:
     """Standardised log-mel patches of stored tracks, read from memory-mapped frame files.
 
     Keeps at most ``max_open`` files mapped (a process may hold only ~65k memory maps).

@@ -1,40 +1,27 @@
-"""Artist Group Factors: cluster dictionaries, artist bag-of-words, and LDA topic mixtures.
+"""Artist Group Factors in the store: each source's inputs read, its model and rows persisted.
 
-For each source (docs/METHOD.md):
+For each source (docs/METHOD.md), a track's points for :class:`~agf.models.group_factors.ArtistGroupFactors`:
 
-- ``mfcc`` / ``dmfcc``: K-Means over the frame-level MFCC vectors of every track (or their
-  frame-to-frame differences), streamed from the frame cache; a track's words are its frames'
-  clusters.
-- ``fma`` / ``essentia``: K-Means over one descriptor vector per track; a track is one word.
-- ``tags``: every genre id of a track (``tracks.genres``) is a word; with ``free_tags`` its
-  free tags are words too.
-
-An artist's bag-of-words counts its tracks' words divided by its number of tracks; LDA over the
-artist × word matrix gives each artist a topic mixture, its AGF.
-
-As the authors do: points are clustered raw (``standardise=True`` scales them first) and every
-artist with a track is fitted on (``min_tracks`` raises that). Where speed demands otherwise:
-the dictionary is FAISS K-Means fitted on at most ``max_fit_points`` points sampled evenly
-across tracks (the authors: scikit-learn's MiniBatchKMeans over every frame; FAISS fits and
-assigns an order of magnitude faster, see ``bench/factors.py``, with the same factors, see
-``bench/fidelity.py``), and every frame is then assigned to its nearest centroid in batches. K
-is lowered to a quarter of the points when there are fewer than 4 K points (a small corpus),
-and the value used is recorded.
+- ``mfcc`` / ``dmfcc``: the frame-level MFCC vectors of the track (or their frame-to-frame
+  differences), streamed from the frame cache;
+- ``fma`` / ``essentia``: its one descriptor vector;
+- ``tags``: its genre ids (``tracks.genres``) as words; with ``free_tags`` its free tags too.
 """
 
-import os
+import copy
+import json
 import time
-from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
-from scipy import sparse
 
 from agf.errors import AgfError
-from agf.progress import progress_bar, say
+from agf.models.group_factors import ArtistGroupFactors, Dictionary, Words, artist_bags, diagnostics
+from agf.progress import say
 from agf.store import FrameCache, Store, fixed_vectors
-from agf.store.models import flatten_state, latest_model, load_arrays, save_arrays, unflatten_state
+from agf.store.registry import flatten_state, latest_model, load_arrays, save_arrays, unflatten_state
 
 FRAME_SOURCES = ("mfcc", "dmfcc")
 VECTOR_SOURCES = ("fma", "essentia")
@@ -60,97 +47,60 @@ class FactorParams:
     standardise: bool = False
     free_tags: bool = False
 
+    def estimator(self, source: str, verbose: bool = False) -> ArtistGroupFactors:
+        """The estimator these options describe, for ``source``."""
+        return ArtistGroupFactors(n_clusters=self.clusters, n_topics=self.topics, min_tracks=self.min_tracks,
+                                  standardise=self.standardise, max_fit_points=self.max_fit_points,
+                                  kmeans_iterations=self.kmeans_iterations, lda_passes=self.lda_passes,
+                                  random_state=self.seed, name=source, verbose=verbose)
+
 
 # -- reading a source's points ------------------------------------------------------------------
 
 
-class _Points:
-    """The points of one source, per track: frames (n, 13) or one vector (1, d)."""
+class TrackPoints(Sequence):
+    """The points of one source for ``track_ids``, read when indexed: frames (n, 13), one
+    vector (1, d), or for ``tags`` the track's words (a list of str)."""
 
-    def __init__(self, store: Store, source: str):
-        self.source = source
+    def __init__(self, store: Store, source: str, tracks: list[dict], free_tags: bool = False):
+        self.source, self.tracks, self.free_tags = source, tracks, free_tags
         if source in FRAME_SOURCES:
             self.cache = FrameCache(store.root, "mfcc")
-        else:
-            table = store.query(f"SELECT track_id, vector FROM features_{source}")
-            if table.num_rows == 0:
+        elif source in VECTOR_SOURCES:
+            ids, matrix = store.vectors(f"features_{source}")
+            if not len(ids):
                 raise AgfError(f"the {source} feature set is not stored: ingest with --features {source}")
-            ids = table["track_id"].to_numpy()
-            matrix = np.asarray(table["vector"].combine_chunks().flatten(), dtype=np.float32).reshape(len(ids), -1)
             self.vectors = dict(zip(ids.tolist(), matrix))
 
-    def has(self, track_id: int) -> bool:
-        return track_id in self.cache if self.source in FRAME_SOURCES else track_id in self.vectors
+    @classmethod
+    def usable(cls, store: Store, source: str, tracks: list[dict], free_tags: bool = False) -> "TrackPoints":
+        """The points of those ``tracks`` that have points of ``source``."""
+        points = cls(store, source, tracks, free_tags)
+        points.tracks = [t for t in tracks if points.has(t["track_id"])]
+        return points
 
-    def of(self, track_id: int) -> np.ndarray:
+    def has(self, track_id: int) -> bool:
+        if self.source in FRAME_SOURCES:
+            return track_id in self.cache
+        return self.source == "tags" or track_id in self.vectors
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def __getitem__(self, i: int):
+        track_id = self.tracks[i]["track_id"]
         if self.source == "mfcc":
             return np.asarray(self.cache.read(track_id), dtype=np.float32)
         if self.source == "dmfcc":
             return np.diff(np.asarray(self.cache.read(track_id), dtype=np.float32), axis=0)
+        if self.source == "tags":
+            return _words(self.tracks[i], self.free_tags)
         return self.vectors[track_id][None, :]
 
-
-def _sample(points: _Points, track_ids: list[int], budget: int, rng: np.random.Generator) -> np.ndarray:
-    """At most ``budget`` points, spread evenly over tracks, for fitting the dictionary."""
-    per_track = max(1, budget // max(1, len(track_ids)))
-    chunks = []
-    for track_id in track_ids:
-        x = points.of(track_id)
-        if len(x) > per_track:
-            x = x[np.sort(rng.choice(len(x), per_track, replace=False))]
-        chunks.append(x)
-    return np.concatenate(chunks)
-
-
-# -- dictionaries -------------------------------------------------------------------------------
-
-
-@dataclass
-class Dictionary:
-    """A fitted source: scaler statistics and centroids (K-Means sources) or a vocabulary (tags)."""
-
-    source: str
-    mean: np.ndarray | None = None
-    scale: np.ndarray | None = None
-    centroids: np.ndarray | None = None
-    vocabulary: dict | None = None
-
     @property
-    def size(self) -> int:
-        return len(self.vocabulary) if self.vocabulary is not None else len(self.centroids)
-
-    def assign(self, x: np.ndarray) -> np.ndarray:
-        """Nearest centroid of each row of ``x`` (n, d): (n,) int64 cluster ids."""
-        import faiss
-
-        index = faiss.IndexFlatL2(self.centroids.shape[1])
-        index.add(self.centroids)
-        _, labels = index.search(np.ascontiguousarray((x - self.mean) / self.scale, dtype=np.float32), 1)
-        return labels[:, 0]
-
-
-def fit_dictionary(source: str, points: _Points | None, tracks: list[dict], params: FactorParams) -> Dictionary:
-    """Fit the scaler and K-Means (or the tag vocabulary) on ``tracks``."""
-    if source == "tags":
-        words = sorted({w for t in tracks for w in _words(t, params.free_tags)})
-        if not words:
-            raise AgfError("tags: no track has a genre" + ("" if params.free_tags else " (add --free-tags to use tags)"))
-        return Dictionary(source, vocabulary={w: i for i, w in enumerate(words)})
-    import faiss
-
-    rng = np.random.default_rng(params.seed)
-    sample = _sample(points, [t["track_id"] for t in tracks], params.max_fit_points, rng)
-    mean = sample.mean(axis=0) if params.standardise else np.zeros(sample.shape[1], np.float32)
-    scale = sample.std(axis=0) if params.standardise else np.ones(sample.shape[1], np.float32)
-    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-    k = min(params.clusters, max(2, len(sample) // 4))
-    if len(sample) < 2:
-        raise AgfError(f"{source}: too few points to cluster ({len(sample)})")
-    kmeans = faiss.Kmeans(sample.shape[1], k, niter=params.kmeans_iterations, seed=params.seed,
-                          max_points_per_centroid=max(256, len(sample) // k + 1),
-                          min_points_per_centroid=1, verbose=False)  # few points per centroid is by design here
-    kmeans.train(np.ascontiguousarray((sample - mean) / scale, dtype=np.float32))
-    return Dictionary(source, mean=mean.astype(np.float32), scale=scale, centroids=kmeans.centroids.copy())
+    def artists(self) -> np.ndarray:
+        """The artist of each track: (n_tracks,) int64."""
+        return np.asarray([t["artist_id"] for t in self.tracks], np.int64)
 
 
 def _words(track: dict, free_tags: bool = True) -> list[str]:
@@ -160,77 +110,21 @@ def _words(track: dict, free_tags: bool = True) -> list[str]:
     return genres + [f"tag:{t.casefold()}" for t in track["tags"] or []] if free_tags else genres
 
 
-def histograms(dictionary: Dictionary, points: _Points | None, tracks: list[dict], quiet: bool = True,
-               batch_points: int = 1 << 20) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Each track's words as sparse counts: ``{track_id: (word_ids, counts)}`` (int32 arrays).
-
-    Frames are assigned in batches of about ``batch_points`` rows, so memory stays bounded.
-    """
-    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    if dictionary.source == "tags":
-        for t in tracks:
-            ids = [dictionary.vocabulary[w] for w in _words(t) if w in dictionary.vocabulary]
-            if ids:
-                out[t["track_id"]] = _counts(np.asarray(ids))
-        return out
-    pending: list[tuple[int, np.ndarray]] = []
-    size = 0
-
-    def flush():
-        nonlocal pending, size
-        if not pending:
-            return
-        labels = dictionary.assign(np.concatenate([x for _, x in pending]))
-        offsets = np.cumsum([0] + [len(x) for _, x in pending])
-        for (track_id, _), a, b in zip(pending, offsets[:-1], offsets[1:]):
-            out[track_id] = _counts(labels[a:b])
-        pending, size = [], 0
-
-    with progress_bar(len(tracks), f"assign {dictionary.source}", "tracks", quiet) as bar:
-        for t in tracks:
-            x = points.of(t["track_id"])
-            if len(x):
-                pending.append((t["track_id"], x))
-                size += len(x)
-            if size >= batch_points:
-                flush()
-            bar.advance()
-        flush()
-    return out
-
-
-def _counts(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    ids, counts = np.unique(labels, return_counts=True)
-    return ids.astype(np.int32), counts.astype(np.int32)
-
-
-def artist_bags(tracks: list[dict], hist: dict, n_words: int) -> tuple[list[int], sparse.csr_matrix, dict[int, int]]:
-    """Artist bag-of-words: word counts over the artist's tracks divided by its number of tracks.
-
-    Returns (artist_ids, matrix (n_artists, n_words) CSR float32, tracks per artist); artists
-    whose tracks have no words are left out.
-    """
-    n_tracks: dict[int, int] = defaultdict(int)
-    rows: dict[int, dict[int, float]] = defaultdict(lambda: defaultdict(float))
-    for t in tracks:
-        n_tracks[t["artist_id"]] += 1
-        if t["track_id"] in hist:
-            ids, counts = hist[t["track_id"]]
-            row = rows[t["artist_id"]]
-            for i, c in zip(ids.tolist(), counts.tolist()):
-                row[i] += c
-    artist_ids = sorted(rows)
-    data, indices, indptr = [], [], [0]
-    for a in artist_ids:
-        words = sorted(rows[a].items())
-        indices.extend(w for w, _ in words)
-        data.extend(c / n_tracks[a] for _, c in words)
-        indptr.append(len(indices))
-    matrix = sparse.csr_matrix((np.asarray(data, np.float32), indices, indptr), shape=(len(artist_ids), n_words))
-    return artist_ids, matrix, dict(n_tracks)
-
-
 # -- building and updating ----------------------------------------------------------------------
+
+
+def _fitted_with_free_tags(model_row: dict) -> bool:
+    try:
+        return bool(json.loads(model_row["params"]).get("free_tags"))
+    except (ValueError, TypeError, AttributeError):  # a row from a hostile store: the authors' default
+        return False
+
+
+def _subset(points: TrackPoints, keep) -> TrackPoints:
+    """``points`` restricted to the tracks ``keep(track)`` accepts."""
+    subset = copy.copy(points)
+    subset.tracks = [t for t in points.tracks if keep(t)]
+    return subset
 
 
 def _tracks(store: Store) -> list[dict]:
@@ -266,90 +160,36 @@ def build_factors(store: Store, sources: list[str], params: FactorParams, quiet:
     return [_build_source(store, source, tracks, params, quiet) for source in sources]
 
 
-def make_lda(topics: int, n_artists: int, passes: int, seed: int):
-    """scikit-learn's LDA as the factors use it: batch variational Bayes up to 4,096 artists;
-    online (mini-batches of 512) above, with the E-step spread over every core (1.5x on 2 cores;
-    below that size starting the worker processes costs more than it saves)."""
-    from sklearn.decomposition import LatentDirichletAllocation
-
-    large = n_artists > 4096
-    return LatentDirichletAllocation(n_components=topics, learning_method="online" if large else "batch",
-                                     max_iter=passes, batch_size=512, random_state=seed,
-                                     n_jobs=os.cpu_count() if large else None)
-
-
-COLLAPSE_SHARE = 0.5
-
-
-def diagnostics(factors: np.ndarray) -> dict:
-    """How well factors tell artists apart.
-
-    Parameters
-    ----------
-    factors : np.ndarray, shape (n_artists, n_topics)
-        Each row a topic mixture.
-
-    Returns
-    -------
-    dict
-        ``dominant_topics`` (distinct strongest topics over the artists), ``largest_topic_share``
-        (the share of artists whose strongest topic is the most common one),
-        ``near_identical_pairs`` (artist pairs with cosine above 0.9999) and ``collapsed``
-        (more than half the artists, of at least 4, share one dominant topic).
-    """
-    n = len(factors)
-    if n == 0:
-        return {"dominant_topics": 0, "largest_topic_share": 0.0, "near_identical_pairs": 0, "collapsed": False}
-    dominant = np.argmax(factors, axis=1)
-    share = float(np.bincount(dominant).max() / n)
-    unit = factors / np.maximum(np.linalg.norm(factors, axis=1, keepdims=True), 1e-12)
-    near = int((np.triu(unit @ unit.T, k=1) > 0.9999).sum())
-    return {"dominant_topics": int(len(np.unique(dominant))), "largest_topic_share": round(share, 3),
-            "near_identical_pairs": near, "collapsed": bool(n >= 4 and share > COLLAPSE_SHARE)}
-
-
 def _build_source(store: Store, source: str, tracks: list[dict], params: FactorParams, quiet: bool) -> dict:
     started = time.perf_counter()
-    points = None if source == "tags" else _Points(store, source)
-    usable = [t for t in tracks if source == "tags" or points.has(t["track_id"])]
-    per_artist = defaultdict(int)
-    for t in usable:
-        per_artist[t["artist_id"]] += 1
-    fitting = [t for t in usable if per_artist[t["artist_id"]] >= params.min_tracks]
-    if len({t["artist_id"] for t in fitting}) < 2:
-        raise AgfError(f"{source}: fewer than 2 artists have {params.min_tracks}+ tracks; lower --min-tracks")
-    say(f"{source}: fitting on {len(fitting)} tracks of {len({t['artist_id'] for t in fitting})} artists", quiet)
-    dictionary = fit_dictionary(source, points, fitting, params)
-    hist = histograms(dictionary, points, usable, quiet)
-    artist_ids, bags, n_tracks = artist_bags(usable, hist, dictionary.size)
-    fit_rows = [i for i, a in enumerate(artist_ids) if n_tracks[a] >= params.min_tracks]
-    if len(fit_rows) < 2:
-        raise AgfError(f"{source}: fewer than 2 artists have words to fit topics on")
-    lda = make_lda(params.topics, len(fit_rows), params.lda_passes, params.seed)
-    lda.fit(bags[fit_rows])
-    perplexity = float(lda.perplexity(bags[fit_rows]))
-    factors = lda.transform(bags)
+    points = TrackPoints.usable(store, source, tracks, params.free_tags)
+    if source == "tags" and not any(len(w) for w in points):
+        raise AgfError("tags: no track has a genre" + ("" if params.free_tags else " (add --free-tags to use tags)"))
+    estimator = params.estimator(source, verbose=not quiet)
+    estimator.fit(points, points.artists)
     seconds = time.perf_counter() - started
-    checks = diagnostics(factors)
+    checks = diagnostics(estimator.factors_)
+    size = estimator.dictionary_.size
     summary = {
-        "source": source, "clusters": dictionary.size if source != "tags" else None,
-        "words": dictionary.size, "words_used": int(np.count_nonzero(bags.getnnz(axis=0))), "topics": params.topics,
-        "tracks": len(usable), "artists_fit": len(fit_rows), "artists": len(artist_ids),
-        "perplexity": round(perplexity, 2), **checks, "seconds": round(seconds, 2),
+        "source": source, "clusters": size if source != "tags" else None, "words": size,
+        "words_used": int(np.count_nonzero(estimator.bags_.getnnz(axis=0))), "topics": params.topics,
+        "tracks": len(points), "artists_fit": estimator.n_fitted_, "artists": len(estimator.artist_ids_),
+        "perplexity": round(estimator.perplexity_, 2), **checks, "seconds": round(seconds, 2),
     }
     if checks["collapsed"]:
         say(f"warning: the {source} factors have collapsed: {checks['largest_topic_share']:.0%} of artists share one "
             f"dominant topic ({checks['dominant_topics']} distinct); fewer --clusters or --topics, or more artists, "
             f"may help", quiet)
-    model_id = save_arrays(store, KIND, source, flatten_state({"dictionary": dictionary, "lda": lda}),
-                           {**asdict(params), "clusters_used": dictionary.size},
+    model_id = save_arrays(store, KIND, source, flatten_state({"dictionary": estimator.dictionary_, "lda": estimator.lda_}),
+                           {**asdict(params), "clusters_used": size},
                            {k: summary[k] for k in ("perplexity", "artists_fit", "artists", "tracks", "seconds")})
-    _write_rows(store, source, model_id, hist, artist_ids, bags, factors, replace_model=True)
+    _write_rows(store, source, model_id, points, estimator.words_, estimator.artist_ids_, estimator.bags_,
+                estimator.factors_, replace_model=True)
     return {"model_id": model_id, **summary}
 
 
-def load_factor_model(store: Store, model_id: str):
-    """A stored factor model: its :class:`Dictionary` and the fitted LDA that projects bags.
+def load_factor_model(store: Store, model_id: str, verbose: bool = False) -> ArtistGroupFactors:
+    """A stored factor model: the fitted estimator, its :class:`Dictionary` and LDA.
 
     Only arrays and JSON are read (``model.npz``); what the file holds is checked for shape
     before it is used, so a file from a hostile store is an error, not a crash.
@@ -376,7 +216,7 @@ def load_factor_model(store: Store, model_id: str):
         raise AgfError(f"factor model {model_id} is incomplete ({type(exc).__name__}: {exc})") from None
     if not consistent:
         raise AgfError(f"factor model {model_id} holds arrays of inconsistent shapes; it was damaged")
-    return dictionary, lda
+    return ArtistGroupFactors.fitted(dictionary, lda, verbose=verbose)
 
 
 def _dictionary_consistent(dictionary: Dictionary) -> bool:
@@ -386,15 +226,15 @@ def _dictionary_consistent(dictionary: Dictionary) -> bool:
     return dictionary.mean.shape == dictionary.scale.shape == (width,)
 
 
-def _write_rows(store: Store, source: str, model_id: str, hist: dict, artist_ids: list[int], bags, factors,
-                replace_model: bool) -> None:
-    track_ids = sorted(hist)
+def _write_rows(store: Store, source: str, model_id: str, points: TrackPoints, words: list[Words],
+                artist_ids: np.ndarray, bags, factors, replace_model: bool) -> None:
+    counted = sorted((t["track_id"], w) for t, w in zip(points.tracks, words) if w is not None)
     clusters = pa.table({
-        "track_id": pa.array(track_ids, pa.int64()),
-        "source": [source] * len(track_ids),
-        "model_id": [model_id] * len(track_ids),
-        "cluster_ids": [hist[t][0] for t in track_ids],
-        "counts": [hist[t][1] for t in track_ids],
+        "track_id": pa.array([t for t, _ in counted], pa.int64()),
+        "source": [source] * len(counted),
+        "model_id": [model_id] * len(counted),
+        "cluster_ids": [w[0] for _, w in counted],
+        "counts": [w[1] for _, w in counted],
     })
     bow = pa.table({
         "artist_id": pa.array(artist_ids, pa.int64()),
@@ -409,10 +249,11 @@ def _write_rows(store: Store, source: str, model_id: str, hist: dict, artist_ids
         "model_id": [model_id] * len(artist_ids),
         "factors": fixed_vectors(factors),
     })
-    append = {"clusters": clusters, "artist_bow": bow, "agf": agf}
-    # Rebuilding with identical data and seed gives the same model id: replace its rows, not duplicate them.
-    keep = {name: f"model_id <> '{model_id}'" for name in append} if replace_model else None
-    store.write(append=append, keep_where=keep, params={"model_id": model_id, "source": source})
+    with store.transaction(params={"model_id": model_id, "source": source}) as tx:
+        for name, rows in {"clusters": clusters, "artist_bow": bow, "agf": agf}.items():
+            if replace_model:  # identical data and seed give the same model id: replace its rows, not duplicate them
+                tx.delete_where(name, "model_id = ?", [model_id])
+            tx.append(name, rows)
 
 
 def update_factors(store: Store, sources: list[str] | None = None, quiet: bool = False) -> list[dict]:
@@ -429,25 +270,24 @@ def update_factors(store: Store, sources: list[str] | None = None, quiet: bool =
             if sources:
                 raise AgfError(f"no {source} factors to update: run `agf factors build --source {source}` first")
             continue
-        dictionary, lda = load_factor_model(store, row["model_id"])
-        points = None if source == "tags" else _Points(store, source)
+        estimator = load_factor_model(store, row["model_id"], verbose=not quiet)
+        points = TrackPoints.usable(store, source, tracks, _fitted_with_free_tags(row))
         known = set(store.query("SELECT track_id FROM clusters WHERE model_id = ?", [row["model_id"]])["track_id"].to_pylist())
-        usable = [t for t in tracks if source == "tags" or points.has(t["track_id"])]
-        new_tracks = [t for t in usable if t["track_id"] not in known]
-        hist = histograms(dictionary, points, new_tracks, quiet)
         have = set(store.query("SELECT artist_id FROM agf WHERE model_id = ?", [row["model_id"]])["artist_id"].to_pylist())
-        new_artists = {t["artist_id"] for t in usable} - have
-        mine = [t for t in usable if t["artist_id"] in new_artists]
-        stored = store.query(
-            "SELECT track_id, cluster_ids, counts FROM clusters WHERE model_id = ? AND track_id IN "
-            "(SELECT unnest(?::BIGINT[]))", [row["model_id"], [t["track_id"] for t in mine]]
-        ).to_pylist()
-        all_hist = {r["track_id"]: (np.asarray(r["cluster_ids"], np.int32), np.asarray(r["counts"], np.int32)) for r in stored}
-        all_hist.update(hist)
-        artist_ids, bags, _ = artist_bags(mine, all_hist, dictionary.size)
-        factors = lda.transform(bags) if artist_ids else np.zeros((0, lda.n_components))
-        _write_rows(store, source, row["model_id"], hist, artist_ids, bags, factors, replace_model=False)
-        results.append({"source": source, "model_id": row["model_id"], "new_tracks": len(hist), "new_artists": len(artist_ids)})
+        new_tracks = _subset(points, lambda t: t["track_id"] not in known)
+        words = estimator.count_words(new_tracks)
+        new_artists = _subset(points, lambda t: t["artist_id"] not in have)
+        stored = {r["track_id"]: (np.asarray(r["cluster_ids"], np.int32), np.asarray(r["counts"], np.int32))
+                  for r in store.query("SELECT track_id, cluster_ids, counts FROM clusters WHERE model_id = ? AND "
+                                       "list_contains(?, track_id)", [row["model_id"], [t["track_id"] for t in new_artists.tracks]]
+                                       ).to_pylist()}
+        stored.update((t["track_id"], w) for t, w in zip(new_tracks.tracks, words))
+        artist_ids, bags, _ = artist_bags(new_artists.artists, [stored.get(t["track_id"]) for t in new_artists.tracks],
+                                          estimator.dictionary_.size)
+        _write_rows(store, source, row["model_id"], new_tracks, words, artist_ids, bags, estimator.project(bags),
+                    replace_model=False)
+        n_new = sum(w is not None for w in words)
+        results.append({"source": source, "model_id": row["model_id"], "new_tracks": n_new, "new_artists": len(artist_ids)})
     if not results:
         raise AgfError("no factors to update yet: run `agf factors build` first")
     return results
@@ -458,36 +298,82 @@ def current_factors(store: Store, source: str) -> tuple[list[int], np.ndarray]:
     row = latest_model(store, KIND, source)
     if row is None:
         return [], np.zeros((0, 0), np.float32)
-    table = store.query("SELECT artist_id, factors FROM agf WHERE model_id = ? ORDER BY artist_id", [row["model_id"]])
-    ids = table["artist_id"].to_pylist()
-    matrix = np.asarray(table["factors"].combine_chunks().flatten(), np.float32).reshape(len(ids), -1)
-    return ids, matrix
+    ids, matrix = store.vectors("agf", "model_id = ?", [row["model_id"]])
+    return ids.tolist(), matrix
+
+
+class FactorAtlas:
+    """Every source's current factors, read once, described in words people can read.
+
+    A factor is described by its most typical artists (those with the highest weight on it)
+    and, for the tags source, by its top words (the genres it weighs most).
+    """
+
+    #: Below this share of an artist's mixture a factor is not worth naming (the strongest always is).
+    MINOR = 0.05
+
+    def __init__(self, store: Store):
+        self.names = {r["artist_id"]: r["name"] for r in store.query("SELECT artist_id, name FROM artists").to_pylist()}
+        self.factors = {}
+        for source in SOURCES:
+            ids, matrix = current_factors(store, source)
+            if ids:
+                self.factors[source] = ({a: i for i, a in enumerate(ids)}, ids, matrix)
+        self.words = _factor_words(store, "tags") if "tags" in self.factors else {}
+        self._typical: dict[tuple[str, int], list[int]] = {}
+
+    def vector(self, source: str, artist_id: int) -> np.ndarray | None:
+        """The artist's factors (n_topics,) under ``source``, or ``None``."""
+        row_of, _, matrix = self.factors.get(source, ({}, [], None))
+        return matrix[row_of[artist_id]] if artist_id in row_of else None
+
+    def describe(self, source: str, factor: int, excluding: tuple[int, ...] = (), top: int = 3) -> dict:
+        """``typical_artists`` (names, the ``excluding`` ids left out) and ``top_words`` of a factor."""
+        key = (source, factor)
+        if key not in self._typical:
+            _, ids, matrix = self.factors[source]
+            self._typical[key] = [ids[i] for i in np.argsort(-matrix[:, factor])[: top + 8]]
+        typical = [a for a in self._typical[key] if a not in excluding][:top]
+        return {"typical_artists": [self.names.get(a, str(a)) for a in typical],
+                "top_words": self.words.get(factor, []) if source == "tags" else []}
+
+    def strongest(self, artist_id: int, top: int = 3) -> list[dict]:
+        """The artist's strongest factors per source, each described."""
+        rows = []
+        for source in self.factors:
+            vector = self.vector(source, artist_id)
+            if vector is None:
+                continue
+            for rank, factor in enumerate(np.argsort(-vector)[:top]):
+                if rank and vector[factor] < self.MINOR:
+                    break
+                rows.append({"source": source, "factor": int(factor), "weight": round(float(vector[factor]), 3),
+                             **self.describe(source, int(factor), (artist_id,), top)})
+        return rows
+
+    def shared(self, a: int, b: int, sources: list[str] | None = None, top: int = 3) -> list[dict]:
+        """Why artists ``a`` and ``b`` are alike: the factors both weigh, strongest shared weight
+        (the smaller of the two) first, at most ``top`` per source."""
+        rows = []
+        for source in sources or list(self.factors):
+            va, vb = self.vector(source, a), self.vector(source, b)
+            if va is None or vb is None:
+                continue
+            both = np.minimum(va, vb)
+            for factor in np.argsort(-both)[:top]:
+                if both[factor] < self.MINOR:
+                    break
+                rows.append({"source": source, "factor": int(factor), "shared": round(float(both[factor]), 3),
+                             "weight": round(float(va[factor]), 3), "neighbour_weight": round(float(vb[factor]), 3),
+                             **self.describe(source, int(factor), (a, b), top)})
+        return sorted(rows, key=lambda r: -r["shared"])
 
 
 def show_artist(store: Store, artist: dict, top: int = 3) -> dict:
-    """An artist's strongest factors per source, each described in words people can read.
-
-    A factor is described by its most typical artists (the others with the highest weight on
-    it) and, for the tags source, by its top words (the genres it weighs most). Factors under
-    5 % of the artist's mixture are left out, the strongest always kept.
-    """
-    names = {r["artist_id"]: r["name"] for r in store.query("SELECT artist_id, name FROM artists").to_pylist()}
-    rows = []
-    for source in SOURCES:
-        ids, matrix = current_factors(store, source)
-        if artist["artist_id"] not in ids:
-            continue
-        vector = matrix[ids.index(artist["artist_id"])]
-        words = _factor_words(store, source) if source == "tags" else {}
-        for rank, factor in enumerate(np.argsort(-vector)[:top]):
-            if rank and vector[factor] < 0.05:
-                break
-            typical = [i for i in np.argsort(-matrix[:, factor]) if ids[i] != artist["artist_id"]][:top]
-            rows.append({
-                "source": source, "factor": int(factor), "weight": round(float(vector[factor]), 3),
-                "typical_artists": ", ".join(names[ids[i]] for i in typical),
-                "top_words": ", ".join(words.get(int(factor), [])),
-            })
+    """An artist's strongest factors per source, each described in words (see :class:`FactorAtlas`);
+    factors under 5 % of the artist's mixture are left out, the strongest always kept."""
+    rows = [{**r, "typical_artists": ", ".join(r["typical_artists"]), "top_words": ", ".join(r["top_words"])}
+            for r in FactorAtlas(store).strongest(artist["artist_id"], top)]
     if not rows:
         raise AgfError(f"{artist['name']} has no factors yet: run `agf factors build` (or `agf factors update`)")
     return {"artist": artist["name"], "artist_id": artist["artist_id"], "tracks": artist["tracks"], "factors": rows}
@@ -495,7 +381,8 @@ def show_artist(store: Store, artist: dict, top: int = 3) -> dict:
 
 def _factor_words(store: Store, source: str, top: int = 3) -> dict[int, list[str]]:
     """Each factor's ``top`` words by LDA weight, genre ids named by the genres table."""
-    dictionary, lda = load_factor_model(store, latest_model(store, KIND, source)["model_id"])
+    estimator = load_factor_model(store, latest_model(store, KIND, source)["model_id"])
+    dictionary, lda = estimator.dictionary_, estimator.lda_
     titles = {f"genre:{r['genre_id']}": r["title"] for r in store.query("SELECT genre_id, title FROM genres").to_pylist()}
     word_of = {i: titles.get(w, w.removeprefix("tag:")) for w, i in dictionary.vocabulary.items()}
     return {f: [word_of[i] for i in np.argsort(-row)[:top]] for f, row in enumerate(lda.components_)}

@@ -10,13 +10,14 @@ import pyarrow as pa
 import torch
 
 from agf.errors import AgfError
-from agf.models.calibration import calibrate, fit_temperature
+from agf.models.calibration import fit_temperature
 from agf.models.cnn import TransferMLP
-from agf.models.train import MIN_TRAINING_TRACKS, all_tracks, cnn_models, genre_classes, pick_device, prediction_rows
+from agf.models.train import MIN_TRAINING_TRACKS, all_tracks, genre_classes
+from agf.models.serving import cnn_models, embedding_matrix, pick_device, prediction_rows, transfer_probabilities
 from agf.models.data import assign_splits
 from agf.progress import say
 from agf.store import Store
-from agf.store.models import load_checkpoint, load_weights, save_model
+from agf.store.registry import save_model
 
 
 @dataclass
@@ -32,22 +33,6 @@ class TransferParams:
     split: str = "auto"
     seed: int = 0
     device: str = "auto"
-
-
-def embedding_matrix(store: Store, model_ids: list[str], track_ids: list[int]) -> np.ndarray:
-    """The concatenated embeddings (n_tracks, 256 * n_models) of ``track_ids``."""
-    blocks = []
-    for model_id in model_ids:
-        table = store.query("SELECT track_id, vector FROM embeddings WHERE model_id = ? "
-                            "AND track_id IN (SELECT unnest(?::BIGINT[]))", [model_id, list(track_ids)])
-        ids = table["track_id"].to_numpy()
-        vectors = np.asarray(table["vector"].combine_chunks().flatten(), np.float32).reshape(len(ids), -1)
-        row = {t: i for i, t in enumerate(ids.tolist())}
-        missing = [t for t in track_ids if t not in row]
-        if missing:
-            raise AgfError(f"{len(missing)} tracks have no embedding from {model_id}: run `agf embed` first")
-        blocks.append(vectors[[row[t] for t in track_ids]])
-    return np.concatenate(blocks, axis=1)
 
 
 def train_transfer(store: Store, params: TransferParams, quiet: bool = False) -> dict:
@@ -93,7 +78,9 @@ def train_transfer(store: Store, params: TransferParams, quiet: bool = False) ->
     if test_ids:
         probabilities = transfer_probabilities(store, model_id, test_ids)[1]
         rows = prediction_rows(test_ids, model_id, classes, probabilities)
-        store.write(append={"predictions": pa.Table.from_pylist(rows)}, params={"model_id": model_id, "split": "test"})
+        with store.transaction(params={"model_id": model_id, "split": "test"}) as tx:
+            tx.delete_where("predictions", "model_id = ?", [model_id])  # a deterministic rerun: the same model
+            tx.append("predictions", pa.Table.from_pylist(rows))
     return {"model_id": model_id, "target": "transfer", "inputs": len(model_ids), "epochs": epochs, "val_loss": metrics["val_loss"],
             "train_tracks": len(train), "test_predicted": len(test_ids), "seconds": metrics["seconds"]}
 
@@ -156,21 +143,3 @@ def _cross_validated_temperature(x: torch.Tensor, y: torch.Tensor, artists: list
     return fit_temperature(out_of_fold, y.cpu().numpy())
 
 
-def load_transfer(store: Store, model_id: str) -> tuple[TransferMLP, dict, np.ndarray, np.ndarray]:
-    checkpoint = load_checkpoint(store, model_id)
-    config = checkpoint["config"]
-    model = load_weights(TransferMLP(checkpoint["mean"].numel(), len(config["classes"]), config["hidden"]), checkpoint,
-                         model_id)
-    return model.eval(), config, checkpoint["mean"].numpy(), checkpoint["std"].numpy()
-
-
-@torch.no_grad()
-def transfer_probabilities(store: Store, model_id: str, track_ids: list[int], loaded: tuple | None = None) -> tuple[list[str], np.ndarray]:
-    """Genre classes and probabilities (n_tracks, n_genres) from a stored transfer model.
-
-    ``loaded`` is what :func:`load_transfer` returned for ``model_id``, to skip loading it again.
-    """
-    model, config, mean, std = loaded or load_transfer(store, model_id)
-    x = (embedding_matrix(store, config["models"], track_ids) - mean) / std
-    probabilities = torch.softmax(model(torch.from_numpy(x.astype(np.float32))), dim=1).numpy()
-    return config["classes"], calibrate(probabilities, config.get("temperature", 1.0))

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from agf.errors import AgfError
 from agf.store.frames import FrameCache
 from agf.store.index import read_sidecar
-from agf.store.models import load_payload
+from agf.store.registry import load_payload
 from agf.store.parts import commit_lock
 from agf.store.paths import inside, read_store_file
 from agf.store.schemas import SCHEMAS

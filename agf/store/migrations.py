@@ -15,7 +15,7 @@ import pickle
 import pyarrow as pa
 
 from agf.errors import AgfError
-from agf.store.models import flatten_state, load_payload, npz_bytes, sha256_bytes
+from agf.store.registry import flatten_state, load_payload, npz_bytes, sha256_bytes
 from agf.store.parts import COMMIT_LOCK
 from agf.store.paths import inside
 from agf.store.store import FORMAT_VERSION, Store
@@ -49,7 +49,8 @@ def _models_to_arrays(store: Store) -> None:
         old.with_name("model.npz").write_bytes(payload)
         row.update(path=str(old.with_name("model.npz").relative_to(store.root)), sha256=sha256_bytes(payload))
         converted.append(old)
-    store.write(replace={"models": pa.Table.from_pylist(models)}, params={"migrated": "pickled models to npz"})
+    with store.transaction(params={"migrated": "pickled models to npz"}) as tx:
+        tx.replace("models", pa.Table.from_pylist(models))
     for old in converted:  # only once the rows name the new files
         old.unlink(missing_ok=True)
 

@@ -99,11 +99,15 @@ class Transaction:
     wait: float = DEFAULT_WAIT
     _count: int = 0
 
-    def write_part(self, table_dir: Path, table: pa.Table, metadata: dict | None = None) -> Path:
-        """Write ``table`` as a hidden temporary part of ``table_dir``; it appears on commit."""
+    def write_part(self, table_dir: Path, table: pa.Table, metadata: dict | None = None, stem: str | None = None) -> Path:
+        """Write ``table`` as a hidden temporary part of ``table_dir``; it appears on commit.
+
+        ``stem`` names the part (default: the transaction's id and a count); parts are read in
+        the order of their names.
+        """
         table_dir.mkdir(parents=True, exist_ok=True)
         self._count += 1
-        name = f"{self.txn_id}-{self._count:04d}"
+        name = stem or f"{self.txn_id}-{self._count:04d}"
         tmp = table_dir / f".{name}.parquet.tmp"
         if metadata:
             kv = dict(table.schema.metadata or {})

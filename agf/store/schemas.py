@@ -106,6 +106,20 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("predicted_at", TIMESTAMP),
         ]
     ),
+    # genres agf wrote into files' own tags, and what those tags held before (agf tag --write-tags / --undo)
+    "tag_writes": pa.schema(
+        [
+            ("track_id", pa.int64()),
+            ("path", pa.string()),
+            ("field", pa.string()),
+            ("old_value", pa.list_(pa.string())),
+            ("new_value", pa.list_(pa.string())),
+            ("sha256_before", pa.string()),
+            ("sha256_after", pa.string()),
+            ("model_id", pa.string()),
+            ("written_at", TIMESTAMP),
+        ]
+    ),
 }
 
 #: The vector column of each table that has one; views cast it to FLOAT[n].

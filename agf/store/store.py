@@ -7,21 +7,26 @@
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import json
 import os
 import re
 import stat
 import threading
 import time
+from collections import defaultdict
+from collections.abc import Iterator
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from agf import __version__
+from agf.version import __version__
 from agf.errors import AgfError
 from agf.store.parts import COMMIT_LOCK, DEFAULT_WAIT, Transaction, commit_lock, finish_commits, recover
 from agf.store.paths import inside, open_regular
@@ -98,6 +103,7 @@ class Store:
         self.writable = writable
         self.wait = wait
         self._lock_fd = lock_fd
+        self._connections = threading.local()
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -151,7 +157,6 @@ class Store:
             "created_at": now_utc().isoformat(),
             **json.loads(json.dumps(DEFAULT_CONFIG)),
             **config,
-            "dims": {},
         }
         for sub in ("tables", "frames", "indexes", "models"):
             (root / sub).mkdir(exist_ok=True)
@@ -178,7 +183,11 @@ class Store:
         return fd
 
     def close(self) -> None:
-        """Release the writer lock."""
+        """Release the writer lock, and this thread's query connection."""
+        held = getattr(self._connections, "held", None)
+        if held is not None and held[0][0] == os.getpid():
+            held[1].close()
+        self._connections.held = None
         if self._lock_fd is not None:
             _HELD_LOCKS.discard(self._lock_fd)
             os.close(self._lock_fd)
@@ -231,60 +240,58 @@ class Store:
 
     # -- writing --------------------------------------------------------------------------------
 
-    def write(
-        self,
-        append: dict[str, pa.Table] | None = None,
-        replace: dict[str, pa.Table] | None = None,
-        keep_where: dict[str, str] | None = None,
-        params: dict | None = None,
-    ) -> None:
-        """Change several tables in one atomic transaction.
+    @contextlib.contextmanager
+    def transaction(self, *, params: dict | None = None) -> Iterator["TableChanges"]:
+        """Change several tables all-or-nothing, the way sqlite-utils' ``db.atomic()`` does.
 
-        Parameters
-        ----------
-        append : {table: rows}
-            Rows added as a new part.
-        replace : {table: rows}
-            The table's new content; its old parts are dropped.
-        keep_where : {table: predicate}
-            The table is rewritten keeping only rows matching a DuckDB predicate over its
-            columns (e.g. ``"source <> 'mfcc'"``), followed by its ``append`` rows.
-        params : dict
-            How the rows were made; recorded in every new part's Parquet metadata (``agf`` key).
+        The changes gathered in the block commit together when it ends; if it raises, nothing
+        is committed. ``params`` (how the rows were made) is recorded in every new part's
+        Parquet metadata (``agf`` key).
+
+        Examples
+        --------
+        >>> with store.transaction(params={"model_id": m}) as tx:
+        ...     tx.delete_where("predictions", "model_id = ? AND track_id = ANY(?)", [m, ids])
+        ...     tx.append("predictions", rows)
         """
         if not self.writable:
             raise AgfError("store opened read-only")
-        append, replace = dict(append or {}), dict(replace or {})
-        for name, predicate in (keep_where or {}).items():
-            kept = conform(name, self.query(f"SELECT * FROM {name} WHERE {predicate}"))
-            added = append.pop(name, None)
-            replace[name] = _concat(name, [kept] + ([added] if added is not None else []))
-        metadata = {"format_version": FORMAT_VERSION, "versions": library_versions(), "params": params or {}}
+        changes = TableChanges()
+        yield changes
+        self._commit(changes, params or {})
+
+    def _commit(self, changes: "TableChanges", params: dict) -> None:
+        metadata = {"format_version": FORMAT_VERSION, "versions": library_versions(), "params": params}
         txn = Transaction(self.root, txn_id=f"{time.time_ns():016x}", wait=self.wait)
         try:
-            for name, table in {**append, **replace}.items():
-                table = conform(name, table)
-                self._record_dim(name, table, replacing=name in replace)
-                txn.write_part(self.table_dir(name), table, metadata)
-            for name in replace:
+            for name, conditions in changes.deletions.items():
+                for part in self.parts(name):
+                    self._delete_rows(txn, name, part, conditions)
+            for name, rows in changes.replaced.items():
                 txn.delete_parts(self.parts(name))
+                txn.write_part(self.table_dir(name), rows, metadata)
+            for name, tables in changes.appended.items():
+                if not any(t.num_rows for t in tables):
+                    continue
+                txn.write_part(self.table_dir(name), _concat(name, tables), metadata)
             txn.commit()
         except BaseException:
             txn.abort()
             raise
-        self.save_config()
 
-    def _record_dim(self, name: str, table: pa.Table, replacing: bool) -> None:
-        column = VECTOR_COLUMNS.get(name)
-        if column is None or table.num_rows == 0:
+    def _delete_rows(self, txn: Transaction, name: str, part: Path, conditions: list[tuple[str, list]]) -> None:
+        """Rewrite ``part`` without the rows any of ``conditions`` matches; a part none matches is
+        left as it is, and the rewritten one keeps its place in the table's order."""
+        try:
+            rows = pq.read_table(part)
+        except (pa.ArrowException, OSError) as exc:
+            raise damaged(name, exc) from None
+        gone = _matching(rows, conditions)
+        if not gone.true_count:
             return
-        kind = table.schema.field(column).type
-        dim = kind.list_size if pa.types.is_fixed_size_list(kind) else None
-        dims = self.config.setdefault("dims", {})
-        if replacing or name not in dims:
-            dims[name] = dim
-        elif dims[name] != dim:
-            dims[name] = None  # mixed sizes: the view falls back to FLOAT[]
+        txn.delete_parts([part])
+        if gone.true_count < rows.num_rows:
+            txn.write_part(self.table_dir(name), rows.filter(pc.invert(gone)), stem=f"{part.stem.split('~')[0]}~{txn.txn_id}")
 
     def compact(self, names: list[str] | None = None) -> dict[str, tuple[int, int]]:
         """Merge each table's parts into one, keeping rows and their order identical.
@@ -300,50 +307,55 @@ class Store:
                 merged = _concat(name, [pq.read_table(p) for p in parts])
             except (pa.ArrowException, OSError) as exc:
                 raise damaged(name, exc) from None
-            self.write(replace={name: merged}, params={"compacted_parts": len(parts)})
+            with self.transaction(params={"compacted_parts": len(parts)}) as tx:
+                tx.replace(name, merged)
             done[name] = (len(parts), len(self.parts(name)))
         return done
 
     # -- reading --------------------------------------------------------------------------------
 
-    def vector_size(self, name: str) -> int | None:
-        """The size every vector of table ``name`` has, or ``None`` (none yet, or mixed sizes)."""
-        dim = self.config.get("dims", {}).get(name)
-        return dim if isinstance(dim, int) and not isinstance(dim, bool) and 0 < dim <= MAX_DIM else None
+    def vector_size(self, name: str, parts: list[Path] | None = None) -> int | None:
+        """The size every vector of table ``name`` has, or ``None`` (none yet, or mixed sizes).
 
-    def catalog_sql(self) -> str:
-        """``schema.sql`` with its placeholders filled in: ``parts_<table>`` relations and vector types."""
+        Read from the footers of its ``parts`` (default: its parts now), which the commit that
+        wrote them made all-or-nothing.
+        """
+        column = VECTOR_COLUMNS.get(name)
+        if column is None:
+            return None
+        sizes = {part_vector_size(part, column) for part in (self.parts(name) if parts is None else parts)} - {0}
+        dim = sizes.pop() if len(sizes) == 1 else None
+        return dim if dim and dim <= MAX_DIM else None
+
+    def catalog_sql(self, sizes: dict[str, int | None] | None = None) -> str:
+        """``schema.sql`` with its placeholders filled in: ``parts_<table>`` relations and vector
+        types (``FLOAT[n]`` for the tables whose ``sizes`` are known; default: their sizes now)."""
 
         def fill(match: re.Match) -> str:
             kind, name = match.group(1), match.group(2)
             if kind == "parts":
                 return f"parts_{name}"
-            dim = self.vector_size(name)
+            dim = sizes.get(name) if sizes is not None else self.vector_size(name)
             return f"FLOAT[{dim}]" if dim else "FLOAT[]"
 
         return re.sub(r"\{(parts|vector):(\w+)\}", fill, SCHEMA_SQL.read_text())
 
-    def _dataset(self, name: str) -> ds.Dataset:
-        """Table ``name``'s parts as one Arrow dataset, vectors read at their fixed size when known
-        (as fast as DuckDB's own Parquet reader; a cast from variable lists costs half as much again)."""
-        schema, column, dim = SCHEMAS[name], VECTOR_COLUMNS.get(name), self.vector_size(name)
-        if column and dim:
-            schema = schema.set(schema.get_field_index(column), pa.field(column, pa.list_(pa.float32(), dim)))
-        return ds.dataset([str(p) for p in self.parts(name)], format="parquet", schema=schema)
-
-    def connect(self) -> duckdb.DuckDBPyConnection:
+    def connect(self, listing: dict[str, list[Path]] | None = None) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with a view per store table, and no access to any file.
 
-        Each table's parts are verified (:meth:`parts`) and handed to DuckDB as an Arrow
-        dataset; then DuckDB's external access is switched off and its configuration locked, so
-        no statement run on this connection can read, write or load anything else: not a path,
-        not an extension, not another database.
+        Each table's parts (``listing``; default: :meth:`parts` of every table now) are handed
+        to DuckDB as an Arrow dataset, vectors read at their fixed size when known (as fast as
+        DuckDB's own Parquet reader); then DuckDB's external access is switched off and its
+        configuration locked, so no statement run on this connection can read, write or load
+        anything else: not a path, not an extension, not another database.
         """
+        listing = listing if listing is not None else self._listing()
+        sizes = {name: self.vector_size(name, parts) for name, parts in listing.items()}
         con = duckdb.connect(":memory:")
         try:
-            for name in SCHEMAS:
-                con.register(f"parts_{name}", self._dataset(name))
-            con.execute(self.catalog_sql())
+            for name, parts in listing.items():
+                con.register(f"parts_{name}", _dataset(name, parts, sizes[name]))
+            con.execute(self.catalog_sql(sizes))
             con.execute(SANDBOX_SQL)
         except (duckdb.Error, pa.ArrowException, OSError) as exc:  # e.g. a damaged part or a folder removed by hand
             con.close()
@@ -353,9 +365,54 @@ class Store:
             raise
         return con
 
+    def _listing(self) -> dict[str, list[Path]]:
+        return {name: self.parts(name) for name in SCHEMAS}
+
+    def _reused_connection(self) -> duckdb.DuckDBPyConnection:
+        """This thread's connection for agf's own queries, kept while no table's parts change: a
+        new connection costs tens of milliseconds, a look at the parts a few. A forked child
+        makes its own (a DuckDB connection is not to be shared across a fork)."""
+        listing = self._listing()
+        key = (os.getpid(), tuple(str(p) for parts in listing.values() for p in parts))
+        held = getattr(self._connections, "held", None)
+        if held is None or held[0] != key:
+            if held is not None and held[0][0] == os.getpid():
+                held[1].close()
+            self._connections.held = (key, self.connect(listing))
+        return self._connections.held[1]
+
     def query(self, sql: str, params: list | None = None) -> pa.Table:
         """Run agf's own ``sql`` (with bound ``params``) over the store's views: an Arrow table."""
         return self._run(sql, params)
+
+    def vectors(self, table: str, where: str | None = None, params: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The vectors of ``table`` (rows matching ``where``, with ``?`` bound to ``params``), by id.
+
+        Parameters
+        ----------
+        table : str
+            A table with a vector column: ``features_<set>``, ``embeddings``, ``agf``, ``artist_vectors``.
+        where : str, optional
+            A DuckDB predicate over the table's columns, e.g. ``"model_id = ?"``.
+
+        Returns
+        -------
+        ids : np.ndarray, shape (n,), int64
+            The rows' ids (``track_id`` or ``artist_id``), ascending.
+        matrix : np.ndarray, shape (n, dim), float32
+            Their vectors; ``(0, 0)`` when no row matches.
+        """
+        column = VECTOR_COLUMNS.get(_known(table))
+        if column is None:
+            raise AgfError(f"table {table} has no vectors; tables with vectors: {', '.join(VECTOR_COLUMNS)}")
+        key = SCHEMAS[table].field(0).name
+        rows = self.query(f"SELECT {key}, {column} FROM {table}" + (f" WHERE {where}" if where else "") + f" ORDER BY {key}",
+                          params)
+        ids = rows[key].to_numpy().astype(np.int64)
+        if not len(ids):
+            return ids, np.zeros((0, 0), np.float32)
+        flat = rows[column].combine_chunks()
+        return ids, np.asarray(flat.flatten(), np.float32).reshape(len(ids), -1)
 
     def sql(self, sql: str, *, timeout: float | None = None) -> pa.Table:
         """Run a user's read-only statement over the store's tables, in DuckDB's sandbox.
@@ -377,7 +434,8 @@ class Store:
 
     def _run(self, sql: str, params: list | None = None, read_only: bool = False, timeout: float | None = None) -> pa.Table:
         with self.snapshot():
-            con = self.connect()
+            # a user's statement gets a connection of its own, closed after; agf's reuse one
+            con = self.connect() if read_only else self._reused_connection()
             try:
                 if not read_only:
                     return con.sql(sql, params=params or None).to_arrow_table()
@@ -387,7 +445,8 @@ class Store:
                 scanned = re.search(r"registered as 'parts_(\w+)' failed: (.*)", str(exc), re.DOTALL)
                 raise (damaged(scanned[1], scanned[2]) if scanned else AgfError(_one_line(exc))) from None
             finally:
-                con.close()
+                if read_only:
+                    con.close()
 
     @contextlib.contextmanager
     def snapshot(self):
@@ -443,6 +502,80 @@ class Store:
         }
 
 
+def _dataset(name: str, parts: list[Path], dim: int | None) -> ds.Dataset:
+    """Table ``name``'s ``parts`` as one Arrow dataset, its vectors read as ``dim``-long when
+    known (a cast from variable lists costs half as much again)."""
+    schema, column = SCHEMAS[name], VECTOR_COLUMNS.get(name)
+    if column and dim:
+        schema = schema.set(schema.get_field_index(column), pa.field(column, pa.list_(pa.float32(), dim)))
+    return ds.dataset([str(p) for p in parts], format="parquet", schema=schema)
+
+
+class TableChanges:
+    """The changes of one :meth:`Store.transaction`, gathered by its table verbs."""
+
+    def __init__(self):
+        self.appended: dict[str, list[pa.Table]] = defaultdict(list)
+        self.replaced: dict[str, pa.Table] = {}
+        self.deletions: dict[str, list[tuple[str, list]]] = defaultdict(list)
+
+    def append(self, table: str, rows: pa.Table) -> None:
+        """Add ``rows`` to ``table`` (a new part)."""
+        self.appended[_known(table)].append(conform(table, rows))
+
+    def replace(self, table: str, rows: pa.Table) -> None:
+        """Make ``rows`` the whole content of ``table``."""
+        if table in self.deletions:
+            raise AgfError(f"table {table}: replaced and deleted from in one transaction")
+        self.replaced[_known(table)] = conform(table, rows)
+
+    def delete_where(self, table: str, where: str, params: list | None = None) -> None:
+        """Delete the rows of ``table`` stored before this transaction that match ``where``, a
+        DuckDB predicate over its columns with ``?`` placeholders bound to ``params``."""
+        if table in self.replaced:
+            raise AgfError(f"table {table}: replaced and deleted from in one transaction")
+        self.deletions[_known(table)].append((where, list(params or [])))
+
+
+def _known(table: str) -> str:
+    if table not in SCHEMAS:
+        raise AgfError(f"unknown table {table!r}; tables are: {', '.join(SCHEMAS)}")
+    return table
+
+
+def _matching(rows: pa.Table, conditions: list[tuple[str, list]]) -> pa.BooleanArray:
+    """Which of ``rows`` any condition matches (a NULL outcome is no match), in their order."""
+    predicate = " OR ".join(f"({where})" for where, _ in conditions)
+    con = duckdb.connect(":memory:")
+    try:
+        con.register("part_rows", rows)
+        con.execute(SANDBOX_SQL)
+        matched = con.sql(f"SELECT (({predicate}) IS TRUE) AS gone FROM part_rows",
+                          params=[p for _, params in conditions for p in params] or None).to_arrow_table()
+    finally:
+        con.close()
+    return matched["gone"].combine_chunks()
+
+
+def part_vector_size(part: Path, column: str) -> int | None:
+    """The fixed size of ``column``'s vectors in one part: 0 for a part without rows, ``None``
+    for variable-length vectors. Cached per file version: parts never change once written."""
+    status = part.stat()
+    return _footer_vector_size(str(part), status.st_mtime_ns, status.st_size, column)
+
+
+@functools.lru_cache(maxsize=4096)
+def _footer_vector_size(path: str, mtime_ns: int, size: int, column: str) -> int | None:
+    try:
+        footer = pq.read_metadata(path)
+        kind = footer.schema.to_arrow_schema().field(column).type
+    except (pa.ArrowException, OSError, KeyError) as exc:
+        raise AgfError(f"{path}: its footer cannot be read ({_one_line(exc)[:200]}): run `agf check`") from None
+    if footer.num_rows == 0:
+        return 0
+    return kind.list_size if pa.types.is_fixed_size_list(kind) else None
+
+
 def _read_config(path: Path) -> dict:
     """``store.json``, checked: a store from someone else may hold anything there."""
     try:
@@ -478,8 +611,6 @@ def _config_problem(meta) -> str | None:
         if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 16
                    for k, v in params.items() if k != "dtype") or params["dtype"] != "float16":
             return f"frames.{kind} holds values agf never writes"
-    if not isinstance(meta.get("dims", {}), dict):
-        return "dims is not an object"
     return None
 
 

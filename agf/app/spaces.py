@@ -13,7 +13,7 @@ import pyarrow as pa
 from agf.errors import AgfError
 from agf.models.factors import CNN_TARGETS, SOURCES, current_factors
 from agf.store import Store
-from agf.store.models import latest_model
+from agf.store.registry import latest_model
 
 
 def _normalise(matrix: np.ndarray) -> np.ndarray:
@@ -25,11 +25,8 @@ def _track_embeddings(store: Store, target: str) -> tuple[list[int], np.ndarray,
     row = latest_model(store, "cnn", target)
     if row is None:
         return None
-    table = store.query("SELECT track_id, vector FROM embeddings WHERE model_id = ? ORDER BY track_id", [row["model_id"]])
-    if table.num_rows == 0:
-        return None
-    ids = table["track_id"].to_pylist()
-    return ids, np.asarray(table["vector"].combine_chunks().flatten(), np.float32).reshape(len(ids), -1), row["model_id"]
+    ids, matrix = store.vectors("embeddings", "model_id = ?", [row["model_id"]])
+    return (ids.tolist(), matrix, row["model_id"]) if len(ids) else None
 
 
 def _combine(spaces: dict[str, tuple[list[int], np.ndarray]]) -> tuple[list[int], np.ndarray]:
@@ -84,5 +81,6 @@ def refresh_artist_vectors(store: Store) -> dict[str, int]:
     for name, (ids, matrix) in spaces.items():
         tables.append(pa.table({"artist_id": pa.array(ids, pa.int64()), "space": [name] * len(ids),
                                 "vector": pa.array(list(matrix.astype(np.float32)), pa.list_(pa.float32()))}))
-    store.write(replace={"artist_vectors": pa.concat_tables(tables)}, params={"spaces": sorted(spaces)})
+    with store.transaction(params={"spaces": sorted(spaces)}) as tx:
+        tx.replace("artist_vectors", pa.concat_tables(tables))
     return {name: len(ids) for name, (ids, _) in spaces.items()}

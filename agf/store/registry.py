@@ -47,8 +47,9 @@ def save_model(store: Store, kind: str, target: str, payload: bytes, params: dic
         "created_at": now_utc(),
     }
     # The same bytes again (a deterministic rerun) is the same model: replace its row, don't duplicate it.
-    store.write(append={"models": pa.Table.from_pylist([row])}, keep_where={"models": f"model_id <> '{model_id}'"},
-                params={"model_id": model_id})
+    with store.transaction(params={"model_id": model_id}) as tx:
+        tx.delete_where("models", "model_id = ?", [model_id])
+        tx.append("models", pa.Table.from_pylist([row]))
     return model_id
 
 

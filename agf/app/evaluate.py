@@ -16,10 +16,11 @@ import numpy as np
 from agf.errors import AgfError
 from agf.models.calibration import calibrate, reliability
 from agf.models.data import assign_splits
-from agf.models.train import all_tracks, clip_outputs, genre_classes, load_cnn, pick_device, pick_precision
-from agf.models.transfer import transfer_probabilities
+from agf.models.train import all_tracks, genre_classes
+from agf.models.serving import clip_outputs, load_cnn, pick_device, pick_precision
+from agf.models.serving import transfer_probabilities
 from agf.store import Store
-from agf.store.models import latest_model
+from agf.store.registry import latest_model
 
 
 def _baseline(store: Store, tracks: list[dict], splits: dict, classes: list[str], test: list[dict], seed: int):
@@ -28,10 +29,8 @@ def _baseline(store: Store, tracks: list[dict], splits: dict, classes: list[str]
     from sklearn.preprocessing import StandardScaler
 
     feature = "fma" if store.count("features_fma") else "mfcc"
-    table = store.query(f"SELECT track_id, vector FROM features_{feature}")
-    ids = table["track_id"].to_pylist()
-    matrix = np.asarray(table["vector"].combine_chunks().flatten(), np.float32).reshape(len(ids), -1)
-    row = {t: i for i, t in enumerate(ids)}
+    ids, matrix = store.vectors(f"features_{feature}")
+    row = {t: i for i, t in enumerate(ids.tolist())}
     train = [t for t in tracks if splits[t["track_id"]] == "training" and t["genre_top"] and t["track_id"] in row]
     if len({t["genre_top"] for t in train}) < 2:
         return None, feature

@@ -16,11 +16,13 @@ from agf.ingest import collect, ingest
 from agf.ingest.metadata import read_files
 from agf.ingest.synth import GENRES, SR, ArtistVoice, render_track, write_corpus
 from agf.models.data import assign_splits
-from agf.models.evaluate import evaluate, summary_rows
+from agf.app.evaluate import evaluate, summary_rows
 from agf.models.factors import FactorParams, build_factors, default_sources
-from agf.models.similar import Similar, build_indexes
-from agf.models.tag import Tagger
-from agf.models.train import TrainParams, all_tracks, embed, train_cnn
+from agf.app.indexing import build_indexes
+from agf.app.similar import Similar
+from agf.app.tag import Tagger
+from agf.models.train import TrainParams, all_tracks, train_cnn
+from agf.models.serving import embed
 from agf.models.transfer import TransferParams, train_transfer
 from agf.progress import say
 from agf.store import Store

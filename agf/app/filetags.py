@@ -1,0 +1,275 @@
+"""Genres into the files' own tags, with undo: ID3 ``TCON`` (MP3), Vorbis ``GENRE`` (FLAC, Ogg
+Vorbis, Opus), ``©gen`` (MP4/M4A), through mutagen, which rewrites tags and never the audio.
+
+Before a file's tags change, what they held is committed to the store's ``tag_writes`` table
+(path, the file's sha256 before and after, the field, old and new values, the model); ``undo``
+puts the old values back, removing a field that was absent. The sha256 after writing lets a
+later ingest know the retagged file as the track it was.
+"""
+
+import csv
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from agf.errors import AgfError
+from agf.store import Store, now_utc
+from agf.store.paths import open_regular
+
+#: The field written, by mutagen's file type (the "easy" interfaces map ``genre`` to it).
+FIELDS = {"EasyMP3": "TCON", "EasyID3FileType": "TCON", "FLAC": "GENRE", "OggVorbis": "GENRE", "OggOpus": "GENRE",
+          "OggFLAC": "GENRE", "OggSpeex": "GENRE", "EasyMP4": "©gen", "EasyTrueAudio": "TCON"}
+
+
+@dataclass
+class GenrePolicy:
+    """What is written: at most ``top`` genres with a calibrated probability of at least
+    ``min_probability``, renamed by ``names`` (the user's vocabulary: a genre it does not name is
+    never written; ``None`` writes the model's own names)."""
+
+    min_probability: float = 0.5
+    top: int = 1
+    names: dict[str, str] | None = None
+
+    def __post_init__(self):
+        if not 0 <= self.min_probability <= 1:
+            raise AgfError(f"--min-probability is a probability, between 0 and 1, not {self.min_probability}")
+        if self.top < 1:
+            raise AgfError(f"--top must be at least 1, not {self.top}")
+
+    def choose(self, ranked: list[tuple[str, float]]) -> list[str]:
+        """The names to write for genres ranked by probability, most probable first."""
+        chosen = []
+        for genre, probability in ranked:
+            name = genre if self.names is None else self.names.get(genre)
+            if probability >= self.min_probability and name and name not in chosen:
+                chosen.append(name)
+            if len(chosen) == self.top:
+                break
+        return chosen
+
+
+def read_genres_map(path: Path) -> dict[str, str]:
+    """A genres map: JSON ``{"model genre": "your name"}``, or a CSV of two columns (model genre,
+    your name; a header row is allowed)."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AgfError(f"cannot read the genres map {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            mapping = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise AgfError(f"{path}: not JSON ({exc.msg})") from None
+        if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+            raise AgfError(f"{path}: a genres map is an object of genre names to names")
+        return mapping
+    rows = [r for r in csv.reader(text.splitlines()) if r and any(c.strip() for c in r)]
+    if any(len(r) != 2 for r in rows):
+        raise AgfError(f"{path}: each line of a genres map CSV is: model genre, your name")
+    if rows and [c.strip().lower() for c in rows[0]] in (["genre", "name"], ["model", "name"], ["from", "to"]):
+        rows = rows[1:]
+    return {a.strip(): b.strip() for a, b in rows}
+
+
+# -- one file's genres ------------------------------------------------------------------------------
+
+
+def _open_tags(path: Path):
+    import mutagen
+
+    try:
+        audio = mutagen.File(path, easy=True)
+    except mutagen.MutagenError as exc:
+        raise AgfError(f"{path}: its tags cannot be read ({exc})") from None
+    if audio is None or type(audio).__name__ not in FIELDS:
+        raise AgfError(f"{path}: agf writes genres into MP3, FLAC, Ogg Vorbis, Opus and MP4/M4A files only")
+    return audio
+
+
+def genre_field(path: Path) -> str:
+    """The tag field genres go to in ``path``'s format: ``TCON``, ``GENRE`` or ``©gen``."""
+    return FIELDS[type(_open_tags(path)).__name__]
+
+
+def read_genres(path: Path) -> list[str] | None:
+    """The genre values of ``path``'s tags, or ``None`` when it has no genre field."""
+    audio = _open_tags(path)
+    if audio.tags is None or "genre" not in audio.tags:
+        return None
+    return [str(v) for v in audio.tags["genre"]]
+
+
+def write_genres(path: Path, genres: list[str] | None) -> None:
+    """Set ``path``'s genre field to ``genres`` (several values where the format allows), or
+    remove the field for ``None``; only the tags are rewritten."""
+    import mutagen
+
+    audio = _open_tags(path)
+    if audio.tags is None:
+        if genres is None:
+            return
+        audio.add_tags()
+    if genres is None:
+        if "genre" in audio.tags:
+            del audio.tags["genre"]
+    else:
+        audio.tags["genre"] = list(genres)
+    try:
+        if genres is None and not len(audio.tags.keys()) and type(audio).__name__ == "EasyMP3":
+            audio.delete()  # the ID3 tag agf added to a file that had none goes with its last field
+        else:
+            audio.save()
+    except (mutagen.MutagenError, OSError) as exc:
+        raise AgfError(f"{path}: its tags cannot be written ({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open_regular(Path(path)) as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- a run's files ----------------------------------------------------------------------------------
+
+
+def write_tags(store: Store, rows: Iterable[dict], model_id: str, policy: GenrePolicy, *, dry_run: bool = False,
+               batch: int = 64) -> Iterator[dict]:
+    """Write the chosen genres of tagged files (rows of ``agf tag``) into their tags; yields each
+    row with ``tags``: what was (or, with ``dry_run``, would be) written, or why nothing was.
+
+    Files are handled ``batch`` at a time: their old values are committed to ``tag_writes``
+    before any of them changes, and the files' new sha256 after.
+    """
+    pending: list[dict] = []
+    for row in rows:
+        pending.append(row)
+        if len(pending) == batch:
+            yield from _write_batch(store, pending, model_id, policy, dry_run)
+            pending = []
+    yield from _write_batch(store, pending, model_id, policy, dry_run)
+
+
+def _write_batch(store: Store, rows: list[dict], model_id: str, policy: GenrePolicy, dry_run: bool) -> list[dict]:
+    tagged = [r for r in rows if r.get("track_id") is not None]
+    ranked = ranked_predictions(store, model_id, [r["track_id"] for r in tagged])
+    plans = []
+    for row in tagged:
+        genres = policy.choose(ranked.get(row["track_id"], []))
+        if not genres:
+            row["tags"] = f"left untouched: no genre at {policy.min_probability:.2f} or above" + (
+                " in the genres map" if policy.names is not None else "")
+            continue
+        try:
+            path = Path(row["path"])
+            old = read_genres(path)
+            plans.append({"row": row, "path": path, "field": genre_field(path), "old": old, "new": genres,
+                          "before": file_sha256(path)})
+        except (AgfError, OSError) as exc:
+            row["tags"] = f"left untouched: {getattr(exc, 'strerror', None) or exc}"
+    for plan in plans:
+        plan["row"]["tags"] = f"{plan['field']}: {_shown(plan['old'])} -> {_shown(plan['new'])}" + (
+            " (dry run)" if dry_run else "")
+    if dry_run or not plans:
+        return rows
+    at = now_utc()
+    records = [_record(p, model_id, at, None) for p in plans]
+    with store.transaction(params={"model_id": model_id, "tag_writes": len(records)}) as tx:
+        tx.append("tag_writes", pa.Table.from_pylist(records))  # the old values first: then the files
+    written = []
+    for plan in plans:
+        try:
+            write_genres(plan["path"], plan["new"])
+            written.append(_record(plan, model_id, at, file_sha256(plan["path"])))
+        except AgfError as exc:
+            plan["row"]["tags"] = f"left untouched: {exc}"
+    with store.transaction(params={"model_id": model_id, "tag_writes": len(written)}) as tx:
+        tx.delete_where("tag_writes", "written_at = ? AND sha256_after IS NULL AND list_contains(?, path)",
+                        [at, [p["path"] for p in records]])
+        if written:
+            tx.append("tag_writes", pa.Table.from_pylist(written))
+    return rows
+
+
+def _record(plan: dict, model_id: str, at: dt.datetime, after: str | None) -> dict:
+    return {"track_id": plan["row"]["track_id"], "path": str(plan["path"]), "field": plan["field"],
+            "old_value": plan["old"], "new_value": plan["new"], "sha256_before": plan["before"], "sha256_after": after,
+            "model_id": model_id, "written_at": at}
+
+
+def ranked_predictions(store: Store, model_id: str, track_ids: list[int]) -> dict[int, list[tuple[str, float]]]:
+    """Each track's stored predictions by ``model_id``: (genre, probability), most probable first."""
+    ranked: dict[int, list[tuple[str, float]]] = {}
+    for r in store.query("SELECT track_id, genre, probability FROM predictions WHERE model_id = ? AND "
+                         "list_contains(?, track_id) ORDER BY track_id, rank", [model_id, track_ids]).to_pylist():
+        ranked.setdefault(r["track_id"], []).append((r["genre"], r["probability"]))
+    return ranked
+
+
+def _shown(values: list[str] | None) -> str:
+    return "(none)" if values is None else "; ".join(values) or "(empty)"
+
+
+def undo(store: Store, *, since: dt.datetime | None = None, paths: list[Path] | None = None,
+         dry_run: bool = False) -> list[dict]:
+    """Put back the genre tags agf wrote (since ``since``; to ``paths`` only, if given) as they
+    were before its first write in that span, removing a field that was absent.
+
+    A file whose genres are no longer what agf wrote last (changed since, by hand or by another
+    tool) is left as it is and reported. Returns one row per file.
+    """
+    where, params = ["sha256_after IS NOT NULL"], []
+    if since is not None:
+        where.append("written_at >= ?")
+        params.append(since)
+    if paths:
+        where.append("list_contains(?, path)")
+        params.append([str(Path(p).expanduser().resolve()) for p in paths])
+    writes = store.query(f"SELECT * FROM tag_writes WHERE {' AND '.join(where)} ORDER BY path, written_at",
+                         params).to_pylist()
+    by_path: dict[str, list[dict]] = {}
+    for w in writes:
+        by_path.setdefault(w["path"], []).append(w)
+    rows, undone = [], []
+    for path, history in by_path.items():
+        restore, last = history[0]["old_value"], history[-1]["new_value"]
+        row = {"path": path, "field": history[0]["field"], "from": _shown(last), "to": _shown(restore)}
+        try:
+            current = read_genres(Path(path))
+        except (AgfError, OSError) as exc:
+            rows.append({**row, "done": f"left as it is: {getattr(exc, 'strerror', None) or exc}"})
+            continue
+        if current != last:
+            rows.append({**row, "done": f"left as it is: its genres ({_shown(current)}) changed since agf wrote them"})
+            continue
+        if not dry_run:
+            write_genres(Path(path), restore)
+            undone.append(history)
+        rows.append({**row, "done": "dry run" if dry_run else "restored"})
+    if undone:
+        with store.transaction(params={"undone": len(undone)}) as tx:
+            for history in undone:
+                tx.delete_where("tag_writes", "path = ? AND written_at >= ? AND written_at <= ?",
+                                [history[0]["path"], history[0]["written_at"], history[-1]["written_at"]])
+    if not rows:
+        raise AgfError("no genre tags written by agf" + (" since then" if since else "") + (" in those files" if paths else ""))
+    return rows
+
+
+def parse_since(text: str | None) -> dt.datetime | None:
+    """An ISO 8601 time (``2026-11-27``, ``2026-11-27T16:00``; UTC unless it says otherwise)."""
+    if not text:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise AgfError(f"--since {text!r} is not a date or time like 2026-11-27T16:00") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)

@@ -1,0 +1,243 @@
+"""Serving the trained models: CNN embeddings of clips, and genre probabilities from them.
+
+Training lives in :mod:`agf.models.train` and :mod:`agf.models.transfer`; this module only loads
+stored models (hash verified, ``weights_only``) and runs them, on this machine or, for
+embedding, on a Ray cluster's actor pool (:class:`ClipEmbedder`).
+"""
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from agf.engine import LOCAL, Engine, ray_actor_map
+from agf.errors import AgfError
+from agf.models.calibration import calibrate
+from agf.models.cnn import EMBEDDING_DIM, ClipCNN, TransferMLP, inference_copy
+from agf.models.data import PatchReader
+from agf.models.factors import CNN_TARGETS
+from agf.progress import say
+from agf.store import Store, fixed_vectors, now_utc
+from agf.store.registry import latest_model, load_checkpoint, load_weights
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """CUDA when present (or asked for), else the CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise AgfError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(requested)
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def pick_precision(device: torch.device, requested: str = "auto") -> str:
+    """The arithmetic of CNN inference on ``device``: 'fp32' or 'bf16' (see :func:`inference_copy`).
+
+    'auto' is 'bf16' where the device computes bfloat16 natively (a CUDA GPU that supports it;
+    a CPU with AVX512-BF16 or AMX), else 'fp32', where bfloat16 would be emulated and slower.
+    """
+    if requested not in PRECISIONS:
+        raise AgfError(f"unknown precision {requested!r}; choose {', '.join(PRECISIONS)}")
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    else:  # private torch helpers: absent from some builds, so absent means no
+        native = any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return "bf16" if native else "fp32"
+
+
+def run_precision(device: str, precision: str, engine: Engine = LOCAL) -> str:
+    """The precision a run records: resolved for this machine's device, or, on Ray, as asked
+    (each actor resolves 'auto' for its own device)."""
+    return precision if engine.is_ray else pick_precision(pick_device(device), precision)
+
+
+def load_cnn(store: Store, model_id: str, device: torch.device | None = None) -> tuple[ClipCNN, PatchReader, dict]:
+    """A stored CNN (hash verified, ``weights_only`` load), its spectrogram reader, and config."""
+    checkpoint = load_checkpoint(store, model_id)
+    config = checkpoint["config"]
+    model = load_weights(ClipCNN(len(config["classes"]), config["n_mels"]), checkpoint, model_id)
+    spectra = PatchReader(store, checkpoint["mean"].numpy(), checkpoint["std"].numpy())
+    return model.to(device or pick_device()), spectra, config
+
+
+def cnn_models(store: Store, spec: str = "all") -> list[str]:
+    """Model ids named by ``spec``: 'all' is the newest CNN of every target; else comma-separated ids."""
+    if spec != "all":
+        return [s.strip() for s in spec.split(",") if s.strip()]
+    ids = [row["model_id"] for t in CNN_TARGETS if (row := latest_model(store, "cnn", t))]
+    if not ids:
+        raise AgfError("no trained CNN in the store: run `agf train --target all` first")
+    return ids
+
+
+@torch.no_grad()
+def clip_outputs(model: ClipCNN, spectra: PatchReader, track_ids: list[int], device: torch.device,
+                 batch_patches: int | None = None, precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Clip-level embeddings (n, 256) and probabilities (n, classes): means over every patch.
+
+    Patches of consecutive tracks share forward passes of ``batch_patches`` (default 512 on a
+    GPU; 64 on a CPU, where a batch whose activations fit in cache runs about 1.7x faster).
+    ``precision`` is chosen by :func:`pick_precision`.
+    """
+    model = inference_copy(model, pick_precision(device, precision))
+    batch_patches = batch_patches or (512 if device.type == "cuda" else 64)
+    embeddings = np.zeros((len(track_ids), EMBEDDING_DIM), np.float32)
+    probabilities = np.zeros((len(track_ids), model.n_outputs), np.float32)
+    pending, owners = [], []
+
+    def flush():
+        if not pending:
+            return
+        x = torch.from_numpy(np.concatenate(pending)[:, None]).to(device).contiguous(memory_format=torch.channels_last)
+        emb = model.embed(x)
+        prob = torch.softmax(model.head(emb), dim=1)
+        emb, prob = emb.cpu().numpy(), prob.cpu().numpy()
+        owner = np.concatenate(owners)
+        for row in np.unique(owner):
+            mask = owner == row
+            embeddings[row] += emb[mask].sum(axis=0)
+            probabilities[row] += prob[mask].sum(axis=0)
+        pending.clear()
+        owners.clear()
+
+    counts = np.zeros(len(track_ids))
+    for row, track_id in enumerate(track_ids):
+        patches = spectra.patches(track_id)
+        pending.append(patches)
+        owners.append(np.full(len(patches), row))
+        counts[row] = len(patches)
+        if sum(len(p) for p in pending) >= batch_patches:
+            flush()
+    flush()
+    return embeddings / counts[:, None], probabilities / counts[:, None]
+
+
+class ClipEmbedder:
+    """A Ray actor: loads one CNN from the store once, then embeds batches of track ids."""
+
+    def __init__(self, root: str, model_id: str, device: str, precision: str):
+        self.device, self.precision = pick_device(device), precision
+        self.model, self.spectra, _ = load_cnn(Store.open(Path(root)), model_id, self.device)
+
+    def __call__(self, batch: dict) -> dict:
+        ids = [int(t) for t in batch["item"]]
+        vectors, _ = clip_outputs(self.model, self.spectra, ids, self.device, precision=self.precision)
+        return {"track_id": np.asarray(ids, np.int64), "vector": vectors}
+
+
+def embedding_chunks(store: Store, model_id: str, track_ids: list[int], device: str = "auto", engine: Engine = LOCAL,
+                     loaded: tuple | None = None, chunk: int = 2048, precision: str = "auto",
+                     ) -> Iterator[tuple[list[int], np.ndarray]]:
+    """Clip embeddings of ``track_ids`` by ``model_id``: (track ids, (n, 256) float32) chunks.
+
+    Locally with ``loaded`` (model, spectrogram reader) or the model loaded here; with a Ray
+    engine, by an actor pool on the cluster. ``precision`` as in :func:`pick_precision`.
+    """
+    if not track_ids:
+        return  # nothing to embed: no model to load, no cluster work to start
+    if engine.is_ray:
+        for batch in ray_actor_map(engine, ClipEmbedder, (str(store.root), model_id, device, precision), track_ids):
+            yield batch["track_id"].tolist(), np.asarray(batch["vector"], np.float32)
+        return
+    chosen = pick_device(device)
+    model, spectra = loaded or load_cnn(store, model_id, chosen)[:2]
+    for start in range(0, len(track_ids), chunk):
+        ids = track_ids[start : start + chunk]
+        yield ids, clip_outputs(model, spectra, ids, chosen, precision=precision)[0]
+
+
+def unembedded(store: Store, model_id: str, track_ids: list[int] | None = None) -> list[int]:
+    """The stored tracks (all, or those of ``track_ids``) that ``model_id`` has not embedded yet."""
+    among = "" if track_ids is None else "AND track_id IN (SELECT unnest(?::BIGINT[]))"
+    return store.query(f"SELECT track_id FROM tracks WHERE audio_sha256 IS NOT NULL AND track_id NOT IN "
+                       f"(SELECT track_id FROM embeddings WHERE model_id = ?) {among} ORDER BY 1",
+                       [model_id] + ([track_ids] if track_ids is not None else []))["track_id"].to_pylist()
+
+
+def embed(store: Store, spec: str = "all", device: str = "auto", engine: Engine = LOCAL, quiet: bool = False,
+          precision: str = "auto") -> list[dict]:
+    """Write the clip embeddings of every track not yet embedded by each chosen CNN.
+
+    A part is committed per chunk of 2,048 tracks: an interruption keeps what is done.
+    """
+    results = []
+    where = "a Ray cluster" if engine.is_ray else pick_device(device)
+    arithmetic = run_precision(device, precision, engine)
+    for model_id in cnn_models(store, spec):
+        started = time.perf_counter()
+        todo = unembedded(store, model_id)
+        for ids, vectors in embedding_chunks(store, model_id, todo, device, engine, precision=precision):
+            with store.transaction(params={"model_id": model_id, "precision": arithmetic}) as tx:
+                tx.append("embeddings", embedding_rows(model_id, ids, vectors))
+        seconds = time.perf_counter() - started
+        say(f"embedded {len(todo)} tracks with {model_id} on {where} ({arithmetic}) in {seconds:.1f} s", quiet)
+        results.append({"model_id": model_id, "embedded": len(todo), "precision": arithmetic, "seconds": round(seconds, 2),
+                        "tracks_per_s": round(len(todo) / seconds, 1) if todo else None})
+    return results
+
+
+def embedding_rows(model_id: str, track_ids: list[int], vectors: np.ndarray):
+    """Rows of the embeddings table."""
+    return pa.table({"track_id": pa.array(track_ids, pa.int64()), "model_id": [model_id] * len(track_ids),
+                     "vector": fixed_vectors(vectors)})
+
+
+# -- classifying embeddings -----------------------------------------------------------------------
+
+
+def embedding_matrix(store: Store, model_ids: list[str], track_ids: list[int]) -> np.ndarray:
+    """The concatenated embeddings (n_tracks, 256 * n_models) of ``track_ids``."""
+    blocks = []
+    for model_id in model_ids:
+        ids, vectors = store.vectors("embeddings", "model_id = ? AND list_contains(?, track_id)", [model_id, list(track_ids)])
+        row = {t: i for i, t in enumerate(ids.tolist())}
+        missing = [t for t in track_ids if t not in row]
+        if missing:
+            raise AgfError(f"{len(missing)} tracks have no embedding from {model_id}: run `agf embed` first")
+        blocks.append(vectors[[row[t] for t in track_ids]])
+    return np.concatenate(blocks, axis=1)
+
+
+def load_transfer(store: Store, model_id: str) -> tuple[TransferMLP, dict, np.ndarray, np.ndarray]:
+    checkpoint = load_checkpoint(store, model_id)
+    config = checkpoint["config"]
+    model = load_weights(TransferMLP(checkpoint["mean"].numel(), len(config["classes"]), config["hidden"]), checkpoint,
+                         model_id)
+    return model.eval(), config, checkpoint["mean"].numpy(), checkpoint["std"].numpy()
+
+
+@torch.no_grad()
+def classify(loaded: tuple, embeddings: np.ndarray) -> np.ndarray:
+    """Calibrated genre probabilities (n_tracks, n_genres) of concatenated embeddings
+    (n_tracks, 256 * n_models, in the order of ``config["models"]``), by a transfer model as
+    :func:`load_transfer` returned it."""
+    model, config, mean, std = loaded
+    x = ((embeddings - mean) / std).astype(np.float32)
+    probabilities = torch.softmax(model(torch.from_numpy(x)), dim=1).numpy()
+    return calibrate(probabilities, config.get("temperature", 1.0))
+
+
+def transfer_probabilities(store: Store, model_id: str, track_ids: list[int], loaded: tuple | None = None) -> tuple[list[str], np.ndarray]:
+    """Genre classes and probabilities (n_tracks, n_genres) of stored tracks, from their stored
+    embeddings. ``loaded`` is what :func:`load_transfer` returned for ``model_id``."""
+    loaded = loaded or load_transfer(store, model_id)
+    return loaded[1]["classes"], classify(loaded, embedding_matrix(store, loaded[1]["models"], track_ids))
+
+
+def prediction_rows(track_ids: list[int], model_id: str, classes: list[str], probabilities: np.ndarray) -> list[dict]:
+    """Rows of the predictions table: every genre of every track, ranked by probability."""
+    at = now_utc()
+    rows = []
+    for track_id, p in zip(track_ids, probabilities):
+        for rank, c in enumerate(np.argsort(-p), start=1):
+            rows.append({"track_id": track_id, "model_id": model_id, "genre": classes[c], "probability": float(p[c]),
+                         "rank": rank, "predicted_at": at})
+    return rows
