@@ -19,7 +19,7 @@ fma, tags) on a real store of FMA full's size, measured, not extrapolated: 106,5
 646 MFCC frames, 518-d ``fma`` vectors and genre/tag words, by 16,341 artists (writing that
 store takes a few minutes and 1.8 GB of disk first).
 
-Usage: python bench/factors.py [--sizes 500,1000,2000] [--clusters 2048] [--topics 40] [--full]
+Usage: python bench/factors.py [--sizes 500,1000,2000] [--clusters 2048] [--topics 40] [--full] [--json]
 """
 
 import argparse
@@ -168,7 +168,7 @@ def full_store(root: Path, rng: np.random.Generator):
     return store
 
 
-def run_full(clusters: int, topics: int) -> None:
+def run_full(clusters: int, topics: int, as_json: bool = False) -> None:
     from agf.models.factors import FactorParams, build_factors
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -185,6 +185,22 @@ def run_full(clusters: int, topics: int) -> None:
               f"(median {density[b['source']]:.0f} distinct words per artist)")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"all four sources at FMA full: {seconds / 60:.1f} min end to end (commits included); peak {peak:.0f} MB")
+    small = {m: _one_in_a_fresh_process(m, 2000, clusters, topics) for m in ("agf", "sklearn")}
+    stages = ("fit", "assign", "bow", "lda")
+    agf_s, sklearn_s = (sum(small[m][k] for k in stages) for m in ("agf", "sklearn"))
+    print(f"the same stages on 2,000 tracks (one frame source): agf {agf_s:.1f} s, the authors' scikit-learn pipeline "
+          f"{sklearn_s:.1f} s ({sklearn_s / agf_s:.1f}x)")
+    if as_json:
+        print(json.dumps({"total_s": round(seconds, 1), "sources_s": {b["source"]: b["seconds"] for b in built},
+                          "peak_mb": round(peak), "small_shape": {"tracks": 2000, "agf_s": round(agf_s, 2),
+                                                                  "sklearn_s": round(sklearn_s, 2),
+                                                                  "speedup": round(sklearn_s / agf_s, 2)}}))
+
+
+def _one_in_a_fresh_process(method: str, n: int, clusters: int, topics: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--one", f"{method}:{n}", "--clusters", str(clusters),
+                          "--topics", str(topics)], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -195,9 +211,10 @@ def main() -> None:
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--full", action="store_true", help="Build all four sources on a store of FMA full's size.")
     parser.add_argument("--skip-full-lda", action="store_true", help="Do not time LDA at FMA's full shape (about 2 minutes).")
+    parser.add_argument("--json", action="store_true", help="End with one JSON line of the figures.")
     args = parser.parse_args()
     if args.full:
-        return run_full(args.clusters, args.topics)
+        return run_full(args.clusters, args.topics, args.json)
     if args.one:
         method, n = args.one.split(":")
         print(json.dumps(run_one(method, int(n), args.clusters, args.topics)))
@@ -206,9 +223,7 @@ def main() -> None:
     print(f"{'method':8s} {'tracks':>7s} {'frames':>9s} {'artists':>7s} {'fit s':>7s} {'assign s':>8s} {'bow s':>6s} {'lda s':>6s} {'peak MB':>7s}")
     for n in [int(s) for s in args.sizes.split(",")]:
         for method in ("agf", "sklearn"):
-            out = subprocess.run([sys.executable, __file__, "--one", f"{method}:{n}", "--clusters", str(args.clusters),
-                                  "--topics", str(args.topics)], check=True, capture_output=True, text=True)
-            r = json.loads(out.stdout.strip().splitlines()[-1])
+            r = _one_in_a_fresh_process(method, n, args.clusters, args.topics)
             results.append(r)
             print(f"{r['method']:8s} {r['tracks']:7d} {r['frames']:9d} {r['artists']:7d} {r['fit']:7.2f} {r['assign']:8.2f} "
                   f"{r['bow']:6.2f} {r['lda']:6.2f} {r['peak_mb']:7d}", flush=True)
@@ -217,6 +232,7 @@ def main() -> None:
         print(f"\nLDA measured at FMA's shape ({FMA_ARTISTS} artists x {args.clusters} words, online, 10 passes): "
               f"agf {lda_full['agf']:.1f} s (every core), sklearn {lda_full['sklearn']:.1f} s (one core)")
     print("\nextrapolated to FMA full (106,574 tracks, 68.8 M frames, 16,341 artists):")
+    extrapolated = {}
     for method in ("agf", "sklearn"):
         mine = [r for r in results if r["method"] == method]
         frames = np.array([r["frames"] for r in mine], float)
@@ -234,6 +250,10 @@ def main() -> None:
         per_source = fit + assign + bow + lda
         print(f"  {method:8s} per frame source: fit {fit:7.1f} s  assign {assign:7.1f} s  bow {bow:6.1f} s  lda {lda:6.1f} s"
               f"  = {per_source / 60:5.1f} min; mfcc + dmfcc ≈ {2 * per_source / 60:5.1f} min")
+        extrapolated[method] = round(per_source, 1)
+    if args.json:
+        print(json.dumps({"measured": results, "per_frame_source_at_fma_full_s": extrapolated,
+                          "speedup": round(extrapolated["sklearn"] / extrapolated["agf"], 2)}))
 
 
 if __name__ == "__main__":

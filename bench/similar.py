@@ -7,10 +7,11 @@ search, single-query p50/p99 latency and batched queries/s through the library
 fresh process, and one ``agf similar NAME`` call); and the same queries answered by DuckDB
 ``array_cosine_similarity`` over the Parquet table (``artist_vectors`` through the store's view).
 
-Usage: python bench/similar.py [--tracks 1000000] [--artists 16000]
+Usage: python bench/similar.py [--tracks 1000000] [--artists 16000] [--json]
 """
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -64,24 +65,28 @@ def bench_library(name: str, x: np.ndarray, queries: np.ndarray) -> dict:
     return {"vi": vi, "build": build, "p50": p50}
 
 
-def bench_duckdb(store: Store, table: str, column_filter: str, queries: np.ndarray, n: int) -> None:
+def bench_duckdb(store: Store, table: str, column_filter: str, queries: np.ndarray, n: int) -> float:
     con = store.connect()
     sql = (f"SELECT artist_id, array_cosine_similarity(vector, ?::FLOAT[{DIM}]) AS s FROM {table} "
            f"WHERE {column_filter} ORDER BY s DESC LIMIT 10")
     p50, p99 = latencies(lambda q: con.execute(sql, [q.tolist()]).fetchall(), queries[:n])
     print(f"duckdb   array_cosine_similarity over {table}: single p50 {p50:.1f} ms p99 {p99:.1f} ms "
           f"(~{1000 / p50:,.1f} q/s)", flush=True)
+    return p50
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artists", type=int, default=16_000)
     parser.add_argument("--tracks", type=int, default=1_000_000)
+    parser.add_argument("--json", action="store_true", help="End with one JSON line of the figures.")
     args = parser.parse_args()
+    figures = {}
     with tempfile.TemporaryDirectory() as tmp:
         store = Store.open(Path(tmp) / "store", create=True)
         artists, queries = synthetic(args.artists, 0)
         result = bench_library("artists", artists, queries)
+        figures["artists_faiss_p50_ms"] = round(result["p50"], 3)
         save_index(store, result["vi"])
         ids = pa.array(np.arange(1, args.artists + 1), pa.int64())
         with store.transaction() as tx:
@@ -89,7 +94,7 @@ def main() -> None:
                                            "name": [f"Artist {i}" for i in range(1, args.artists + 1)]}))
             tx.append("artist_vectors", pa.table({"artist_id": ids, "space": ["artists"] * args.artists,
                                                   "vector": fixed_vectors(artists)}))
-        bench_duckdb(store, "artist_vectors", "space = 'artists'", queries, 50)
+        figures["artists_duckdb_p50_ms"] = round(bench_duckdb(store, "artist_vectors", "space = 'artists'", queries, 50), 3)
         batch = Path(tmp) / "queries.csv"
         batch.write_text("artist_id\n" + "\n".join(str(i) for i in range(1, 1001)) + "\n")
         env = {**os.environ, "AGF_STORE": str(store.root)}
@@ -100,11 +105,13 @@ def main() -> None:
         started = time.perf_counter()
         subprocess.run(agf + ["similar", "Artist 7", "--space", "artists"], env=env, check=True, capture_output=True)
         cli_single = time.perf_counter() - started
+        figures.update(cli_batch_s=round(cli_batch, 2), cli_single_s=round(cli_single, 2))
         print(f"cli      agf similar --batch (1,000 artists, process start included): {cli_batch:.2f} s = "
               f"{1000 / cli_batch:,.0f} q/s; one agf similar call: {cli_single:.2f} s wall", flush=True)
         del result, artists
         tracks, queries = synthetic(args.tracks, 2)
         result = bench_library("tracks", tracks, queries)
+        figures["tracks_faiss_p50_ms"] = round(result["p50"], 3)
         del result
         track_store = Store.open(Path(tmp) / "tracks", create=True)
         with track_store.transaction() as tx:
@@ -116,6 +123,9 @@ def main() -> None:
                "ORDER BY s DESC LIMIT 10")
         p50, p99 = latencies(lambda q: con.execute(sql, [q.tolist()]).fetchall(), queries[:5])
         print(f"duckdb   array_cosine_similarity over {args.tracks:,} embeddings: single p50 {p50:.0f} ms p99 {p99:.0f} ms", flush=True)
+        figures["tracks_duckdb_p50_ms"] = round(p50, 1)
+    if args.json:
+        print(json.dumps({"artists": args.artists, "tracks": args.tracks, **figures}))
 
 
 if __name__ == "__main__":

@@ -7,10 +7,11 @@ commit's (tracks = feature rows, no track without its artist); between kills, ra
 files are fed to ingest. Prints kills survived, queries answered, inputs tried and rows lost
 (tracks a completed ingest should hold but does not), which must be 0, as must inconsistencies.
 
-Usage: python bench/soak.py [--minutes 10]
+Usage: python bench/soak.py [--minutes 10] [--json]
 """
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -69,6 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="End with one JSON line of the figures.")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     kills = runs = inputs = bad_inputs = rows_lost = 0
@@ -106,6 +108,9 @@ def main() -> None:
     print(f"kills survived: {kills}; completed runs: {runs}; queries answered: {reader.answered}; "
           f"inconsistent answers: {reader.inconsistent}; inputs tried: {inputs} (unhandled: {bad_inputs}); "
           f"rows lost: {rows_lost}")
+    if args.json:
+        print(json.dumps({"kills": kills, "runs": runs, "queries": reader.answered, "inconsistent": reader.inconsistent,
+                          "inputs": inputs, "unhandled_inputs": bad_inputs, "rows_lost": rows_lost}))
 
 
 if __name__ == "__main__":

@@ -19,11 +19,12 @@ The feature code is warmed up first and its one-off cost printed apart: a fresh 
 With ``--memory``, instead: peak memory of tagging 128 and then 1,024 distinct synthetic 10-s
 files (chunks of 128), each in a fresh process: it should not grow with the number of files.
 
-Usage: python bench/tag.py [--files 128] [--baseline-files 32] [--memory]
+Usage: python bench/tag.py [--files 128] [--baseline-files 32] [--memory] [--json]
 """
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -47,7 +48,8 @@ from agf.store import Store
 from agf.store.store import DEFAULT_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
-GAME_MUSIC = ROOT.parent / "shared" / "data" / "game-music"
+# the clips tagged: the game-music clips, or AGF_TAG_FOLDER's MP3s (bench/gpu.sh gives 1,000)
+GAME_MUSIC = Path(os.environ.get("AGF_TAG_FOLDER") or ROOT.parent / "shared" / "data" / "game-music")
 
 
 def trained_store(root: Path) -> Path:
@@ -110,6 +112,7 @@ def main() -> None:
     parser.add_argument("--baseline-files", type=int, default=32)
     parser.add_argument("--memory", action="store_true", help="Peak memory over 128 vs 1,024 files instead.")
     parser.add_argument("--measure", nargs=3, help=argparse.SUPPRESS)  # the child process of --memory
+    parser.add_argument("--json", action="store_true", help="End with one JSON line of the figures.")
     args = parser.parse_args()
     if args.measure:
         return measure(*args.measure)
@@ -124,6 +127,7 @@ def main() -> None:
             return memory(Path(tmp), trained)
         plans = [("batched", files, 256, 0, "auto"), ("batched fp32", files, 256, 0, "fp32"),
                  ("one at a time", files[: args.baseline_files], 1, 1, "fp32")]
+        figures = {}
         for device in devices:
             for label, chosen, chunk, workers, precision in plans:
                 copy = Path(tmp) / f"{device}-{label.replace(' ', '-')}"
@@ -132,9 +136,17 @@ def main() -> None:
                 shares = ", ".join(f"{s} {100 * v:.0f}%" for s, v in result["shares"].items())
                 print(f"{device:4s} {label:14s}: {result['tracks_per_s']:6.2f} tracks/s over {len(chosen)} clips "
                       f"({result['cnns']} CNNs, {result['precision']}; {shares})", flush=True)
+                figures[f"{device} {label}"] = result
     print(f"peak memory: {peak_mb():.0f} MB")
     if len(devices) == 1:
         print("no CUDA device: GPU figures not measured")
+    if args.json:
+        default = figures["cpu batched"]
+        print(json.dumps({"tracks_per_s": round(default["tracks_per_s"], 2), "precision": default["precision"],
+                          "tracks_per_s_fp32": round(figures["cpu batched fp32"]["tracks_per_s"], 2),
+                          "baseline_one_at_a_time_tracks_per_s": round(figures["cpu one at a time"]["tracks_per_s"], 2),
+                          "cuda_tracks_per_s": round(figures["cuda batched"]["tracks_per_s"], 2) if "cuda batched" in figures else None,
+                          "files": len(files), "peak_mb": round(peak_mb())}))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import shutil
 
 import faiss
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from agf.errors import AgfError
@@ -197,12 +198,25 @@ def test_an_index_older_than_its_data_is_stale_until_rebuilt(searchable, tmp_pat
     assert 0 < len(named) <= 15 and named[: len(largest)] == largest
 
 
-def test_a_search_loads_no_torch_librosa_or_matplotlib(searchable):
+def _loaded_by_a_search(root) -> list[str]:
     import subprocess
     import sys
 
     probe = ("import sys\nfrom agf.cli import main\nsys.argv = ['agf', 'similar', '--id', '1', '--quiet', '--store', "
-             f"{str(searchable)!r}]\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
-             "print([m for m in ('torch', 'librosa', 'matplotlib', 'sklearn') if m in sys.modules])")
+             f"{str(root)!r}]\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+             "print([m for m in ('torch', 'librosa', 'matplotlib', 'sklearn', 'duckdb', 'pandas') if m in sys.modules])")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr
+    assert result.returncode == 0 and "rank" in result.stdout, result.stdout + result.stderr
+    return eval(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_search_loads_no_torch_librosa_or_matplotlib_nor_a_query_engine(searchable):
+    assert _loaded_by_a_search(searchable) == []
+
+
+def test_a_search_reads_the_tables_again_once_they_changed_since_the_index_build(searchable, tmp_path):
+    root = tmp_path / "store"
+    shutil.copytree(searchable, root)
+    with Store.open(root, write=True) as store, store.transaction() as tx:
+        tx.append("artists", pa.table({"artist_id": pa.array([10_001], pa.int64()), "source_id": ["new"], "name": ["New"]}))
+    assert "duckdb" in _loaded_by_a_search(root)  # the kept directory is stale: the tables answer

@@ -15,6 +15,7 @@ from agf.models.data import PatchReader
 from agf.models.factors import FactorParams, build_factors
 from agf.errors import AgfError
 from agf.models.train import TrainParams, all_tracks, fit_cnn, save_cnn
+from agf.models import serving
 from agf.models.serving import clip_outputs, load_cnn, pick_precision
 from agf.store import Store
 
@@ -89,14 +90,18 @@ def test_bfloat16_inference_stays_within_half_a_percent_and_does_not_depend_on_t
     assert torch.allclose(alone, approximate, atol=1e-5)  # a track's embedding is not moved by its batch-mates
 
 
-def test_auto_precision_is_bfloat16_only_where_the_cpu_has_it(monkeypatch):
+def test_auto_precision_is_the_one_measured_faster_and_is_measured_once(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(serving, "_MEASURED", {})
     cpu = torch.device("cpu")
     assert pick_precision(cpu, "fp32") == "fp32" and pick_precision(cpu, "bf16") == "bf16"
-    for flag in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        monkeypatch.setattr(torch.cpu, flag, lambda: False, raising=False)
-    assert pick_precision(cpu) == "fp32"
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
-    assert pick_precision(cpu) == "bf16"
+    chosen = pick_precision(cpu)
+    (record,) = json.loads((tmp_path / "agf" / "precision.json").read_text()).values()
+    speed = record["patches_per_s"]
+    assert chosen == record["precision"] == ("bf16" if speed["bf16"] >= serving.BF16_MARGIN * speed["fp32"] else "fp32")
+    written = (tmp_path / "agf" / "precision.json").stat().st_mtime_ns
+    monkeypatch.setattr(serving, "_MEASURED", {})  # a new process: reads what was measured, times nothing
+    assert pick_precision(cpu) == chosen and (tmp_path / "agf" / "precision.json").stat().st_mtime_ns == written
     with pytest.raises(AgfError, match="unknown precision 'fp16'; choose auto, fp32, bf16"):
         pick_precision(cpu, "fp16")
 
@@ -176,8 +181,26 @@ def test_too_few_labelled_tracks_is_a_clear_error(small_store, tmp_path, cli):
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc")
 def test_embedding_a_long_run_of_clips_keeps_none_of_their_files_mapped(trainable):
     with Store.open(trainable) as store:
-        spectra = PatchReader(store, np.zeros(128, np.float32), np.ones(128, np.float32))
+        spectra = PatchReader.of_store(store, np.zeros(128, np.float32), np.ones(128, np.float32))
         clip_outputs(ClipCNN(4), spectra, [t["track_id"] for t in all_tracks(store)], torch.device("cpu"))
         gc.collect()
         mapped = [line for line in Path("/proc/self/maps").read_text().splitlines() if str(store.root) in line]
     assert mapped == []  # each clip's frames were read once and let go: memory does not grow with the run
+
+
+def test_the_cnn_trainer_is_an_estimator_on_clips_held_in_memory():
+    from agf.models.data import ClipFrames
+    from agf.models.train import ClipCNNTrainer
+
+    rng = np.random.default_rng(0)
+    bands = np.zeros((2, 128))
+    bands[0, :40], bands[1, 80:] = 30, 30  # two kinds of clip: loud low bands, or loud high bands
+    clips = {t: (rng.normal(-40, 3, size=(200, 128)) + bands[t % 2]).astype(np.float16) for t in range(40)}
+    y = np.eye(2, dtype=np.float32)[[t % 2 for t in clips]]
+    reader = PatchReader(ClipFrames(clips), 128)
+    trainer = ClipCNNTrainer(TrainParams(epochs=3, crops_per_track=4, batch_size=16), calibrate=True)
+    trainer.fit(reader, list(range(30)), y[:30], list(range(30, 40)), y[30:])
+    probabilities = trainer.predict_proba(reader, list(range(30, 40)))
+    assert probabilities.shape == (10, 2) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    assert (probabilities.argmax(axis=1) == np.arange(30, 40) % 2).all()
+    assert trainer.transform(reader, [0, 1]).shape == (2, 256) and trainer.temperature_ > 0

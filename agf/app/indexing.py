@@ -1,27 +1,67 @@
 """The similarity indexes: refreshing the artist vectors, building an index per space, their state."""
 
 import hashlib
+import json
+import os
 
 import numpy as np
 
-from agf.app.spaces import refresh_artist_vectors, track_spaces
 from agf.errors import AgfError
 from agf.progress import say
 from agf.store import Store
+from agf.store.artists import ArtistDirectory, artist_rows
 from agf.store.index import build_index, list_indexes, save_index
+from agf.store.paths import inside, read_store_file
 
 SOURCE_TABLES = ("tracks", "agf", "embeddings", "models")
+#: What the artist directory a search reads is made of, and where ``agf index build`` keeps it.
+DIRECTORY_TABLES = ("tracks", "artists", "genres")
+DIRECTORY = "indexes/artists.directory"
 
 
-def source_version(store: Store) -> str:
-    """A fingerprint of the tables the vectors come from: changes whenever any of them is written."""
-    names = [p.name for t in SOURCE_TABLES for p in store.parts(t)]
+def source_version(store: Store, tables: tuple[str, ...] = SOURCE_TABLES) -> str:
+    """A fingerprint of ``tables`` (default: those the vectors come from): it changes whenever
+    any of them is written, since every commit writes parts of new names."""
+    names = [p.name for t in tables for p in store.parts(t)]
     return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+def save_directory(store: Store) -> None:
+    """Keep every artist's row (:func:`~agf.store.artists.artist_rows`) beside the indexes, so
+    that a search reads a JSON file instead of starting a query engine."""
+    content = json.dumps({"version": source_version(store, DIRECTORY_TABLES), "artists": artist_rows(store)})
+    path = inside(store.root, DIRECTORY, "the artist directory")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(content)
+    os.replace(tmp, path)
+
+
+def artist_directory(store: Store) -> ArtistDirectory:
+    """The artists, from the directory ``agf index build`` kept when its tables have not been
+    written since (and it reads as agf wrote it), else from the tables."""
+    try:
+        kept = json.loads(read_store_file(store.root, DIRECTORY, "the artist directory"))
+    except (AgfError, ValueError):
+        kept = None
+    if (isinstance(kept, dict) and kept.get("version") == source_version(store, DIRECTORY_TABLES)
+            and isinstance(kept.get("artists"), list) and all(map(_artist_row, kept["artists"]))):
+        return ArtistDirectory(kept["artists"])
+    return ArtistDirectory(artist_rows(store))
+
+
+def _artist_row(row) -> bool:
+    """Whether ``row`` is an artist row as agf writes them (a hostile store may hold anything)."""
+    return (isinstance(row, dict) and type(row.get("artist_id")) is int and isinstance(row.get("name"), str)
+            and type(row.get("tracks")) is int and (row.get("top_genre") is None or isinstance(row["top_genre"], str))
+            and isinstance(row.get("genres"), list) and all(isinstance(g, str) for g in row["genres"]))
 
 
 def build_indexes(store: Store, spaces: list[str] | None = None, quiet: bool = False) -> list[dict]:
     """Refresh ``artist_vectors`` and build the artist and track indexes of each space."""
+    from agf.app.spaces import refresh_artist_vectors, track_spaces  # here: a search needs neither, nor their imports
+
     refresh_artist_vectors(store)
+    save_directory(store)
     version = source_version(store)
     artist = artist_vectors(store)
     built = []

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from agf.app.indexing import default_space, source_version
+from agf.app.indexing import artist_directory, default_space, source_version
 from agf.errors import AgfError
 from agf.progress import say
 from agf.store import Store
-from agf.store.artists import ArtistDirectory, artist_rows, slug
+from agf.store.artists import slug
 from agf.store.index import load_index
 
 
@@ -19,7 +19,7 @@ class Similar:
 
     def __init__(self, store: Store, quiet: bool = False):
         self.store = store
-        self.directory = ArtistDirectory(artist_rows(store))
+        self.directory = artist_directory(store)
         self.facts = self.directory.by_id
         self.quiet = quiet
         self._version: str | None = None

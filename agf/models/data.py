@@ -60,18 +60,36 @@ def _deal(members: list, fractions, rng: np.random.Generator) -> dict:
     return {m: ("test" if i < n_test else "validation" if i < n_test + n_val else "training") for i, m in enumerate(order)}
 
 
-class PatchReader:
-    """Standardised log-mel patches of stored tracks, read from memory-mapped frame files.
+class ClipFrames:
+    """Log-mel matrices held in memory, by clip id: a frame source for :class:`PatchReader` (the
+    store's is its frame cache)."""
 
-    Keeps at most ``max_open`` files mapped (a process may hold only ~65k memory maps).
+    def __init__(self, clips: dict[int, np.ndarray]):
+        self.clips = clips
+
+    def read(self, clip_id: int) -> np.ndarray:
+        """The clip's (n_frames, n_mels) log-mel matrix."""
+        return self.clips[clip_id]
+
+
+class PatchReader:
+    """Standardised log-mel patches of clips: from a frame ``source`` (anything with
+    ``read(clip_id) -> (n_frames, n_mels)``), by clip id.
+
+    Keeps at most ``max_open`` matrices at hand (a process may hold only ~65k memory maps).
     """
 
-    def __init__(self, store: Store, mean: np.ndarray | None = None, std: np.ndarray | None = None, max_open: int = 4096):
-        self.cache = FrameCache(store.root, "logmel")
-        self.n_mels = int(store.config["frames"]["logmel"]["n_mels"])
+    def __init__(self, source, n_mels: int, mean: np.ndarray | None = None, std: np.ndarray | None = None,
+                 max_open: int = 4096):
+        self.cache, self.n_mels = source, n_mels
         self.mean, self.std = mean, std
         self._open: OrderedDict[int, np.ndarray] = OrderedDict()
         self.max_open = max_open
+
+    @classmethod
+    def of_store(cls, store: Store, mean: np.ndarray | None = None, std: np.ndarray | None = None) -> "PatchReader":
+        """The stored tracks' patches, read from their memory-mapped frame files."""
+        return cls(FrameCache(store.root, "logmel"), int(store.config["frames"]["logmel"]["n_mels"]), mean, std)
 
     def frames(self, track_id: int) -> np.ndarray:
         """(n_frames, n_mels) float16, memory-mapped."""

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from agf.errors import AgfError
-from agf.models.calibration import fit_temperature
+from agf.models.calibration import calibrate, fit_temperature
 from agf.models.cnn import ClipCNN, soft_cross_entropy
 from agf.models.data import PatchReader, assign_splits
 from agf.models.factors import CNN_TARGETS
@@ -91,7 +91,8 @@ def train_cnn(store: Store, target: str, params: TrainParams, quiet: bool = Fals
 
 
 def fit_cnn(store: Store, target: str, params: TrainParams, quiet: bool = False) -> tuple[ClipCNN, PatchReader, dict, dict]:
-    """Train the CNN on ``target``: (model with the best validation weights, its reader, config, metrics)."""
+    """Train the CNN on ``target`` from the store: (model with the best validation weights, its
+    reader, config, metrics). The store adapter of :class:`ClipCNNTrainer`."""
     started = time.perf_counter()
     tracks = all_tracks(store)
     labelled, y, classes = targets_for(store, target, tracks)
@@ -105,58 +106,112 @@ def fit_cnn(store: Store, target: str, params: TrainParams, quiet: bool = False)
     if not val:
         val = train
         say("no validation tracks: early stopping watches the training tracks", quiet)
-    device = pick_device(params.device)
-    say(f"training {target} on {device} ({'mixed precision' if device.type == 'cuda' else 'float32'}): "
-        f"{len(train)} training / {len(val)} validation tracks, {len(classes)} outputs", quiet)
-    torch.manual_seed(params.seed)
-    rng = np.random.default_rng(params.seed)
-    spectra = PatchReader(store)
-    spectra.fit_standardisation([labelled[i]["track_id"] for i in train], seed=params.seed)
-    model = ClipCNN(len(classes), spectra.n_mels).to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
-    schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.5, patience=1)
-    best, best_state, stale, history, samples = float("inf"), None, 0, [], 0
-    train_seconds = 0.0
-    steps = -(-len(train) * params.crops_per_track // params.batch_size)  # batches per epoch
-    # counted in batches, so the bar moves, and its ETA means something, within the first epoch
-    with progress_bar(params.epochs * steps, f"train {target}", "batches", quiet) as bar:
-        for epoch in range(params.epochs):
-            epoch_started = time.perf_counter()
-            loss = _epoch(model, optimiser, spectra, labelled, y, train, params, rng, device, bar)
-            train_seconds += time.perf_counter() - epoch_started
-            samples += len(train) * params.crops_per_track
-            val_loss = _validation_loss(model, spectra, labelled, y, val, device)
-            schedule.step(val_loss)
-            history.append({"epoch": epoch + 1, "loss": round(loss, 4), "val_loss": round(val_loss, 4)})
-            bar.advance(0, info=f"epoch {epoch + 1}: loss {loss:.3f} val {val_loss:.3f}")
-            if val_loss < best - 1e-4:
-                best, best_state, stale = val_loss, copy.deepcopy(model.state_dict()), 0
-            else:
-                stale += 1
-                if stale >= params.patience:
-                    break
-    model.load_state_dict(best_state)
-    metrics = {"val_loss": round(best, 4), "epochs": len(history), "history": history, "device": str(device),
-               "train_tracks": len(train), "val_tracks": len(val), "seconds": round(time.perf_counter() - started, 2),
-               "train_samples_per_s": round(samples / max(train_seconds, 1e-9), 1)}
-    config = {"target": target, "classes": classes, "n_mels": spectra.n_mels, "params": asdict(params)}
-    if target == "genre":  # a probability over genres is read as one: calibrate it on the validation split
-        _, probabilities = clip_outputs(model, spectra, [labelled[i]["track_id"] for i in val], device)
-        config["temperature"] = fit_temperature(probabilities, np.argmax(y[val], axis=1))
-        metrics["temperature"] = round(config["temperature"], 4)
-    return model, spectra, config, metrics
+    reader = PatchReader.of_store(store)
+    ids = [t["track_id"] for t in labelled]
+    # a probability over genres is read as one: the genre CNN is calibrated on the validation split
+    trainer = ClipCNNTrainer(params, name=target, calibrate=target == "genre", verbose=not quiet)
+    trainer.fit(reader, [ids[i] for i in train], y[train], [ids[i] for i in val], y[val])
+    metrics = {**trainer.metrics_, "seconds": round(time.perf_counter() - started, 2)}
+    config = {"target": target, "classes": classes, "n_mels": reader.n_mels, "params": asdict(params)}
+    if trainer.temperature_ is not None:
+        config["temperature"] = trainer.temperature_
+    return trainer.model_, reader, config, metrics
 
 
-def _epoch(model, optimiser, spectra, labelled, y, train, params, rng, device, bar) -> float:
+class ClipCNNTrainer:
+    """Trains a :class:`ClipCNN` on clips' log-mel patches, with scikit-learn's shape.
+
+    ``fit(clips, train_ids, y_train, val_ids, y_val)`` standardises each mel band over the
+    training clips, trains on random patches with early stopping on the validation clips'
+    loss (their mean patch probabilities), and keeps the best weights; ``predict_proba`` and
+    ``transform`` give clip-level probabilities and 256-d embeddings.
+
+    Parameters
+    ----------
+    params : TrainParams
+        Epochs, batch size, patches per clip and epoch, learning rate, L2, patience, seed, device.
+    calibrate : bool
+        Fit a temperature on the validation clips (``temperature_``).
+    name : str
+        What is trained, for progress.
+
+    Attributes
+    ----------
+    model_ : ClipCNN
+    temperature_ : float or None
+    metrics_ : dict
+        ``val_loss``, ``epochs``, ``history``, ``device``, ``train_tracks``, ``val_tracks``,
+        ``train_samples_per_s`` (and ``temperature``).
+    """
+
+    def __init__(self, params: TrainParams, *, calibrate: bool = False, name: str = "cnn", verbose: bool = False):
+        self.params, self.calibrate, self.name, self.verbose = params, calibrate, name, verbose
+
+    def fit(self, clips: PatchReader, train_ids: list[int], y_train: np.ndarray, val_ids: list[int] | None = None,
+            y_val: np.ndarray | None = None) -> "ClipCNNTrainer":
+        """Train on ``train_ids`` (their targets ``y_train``, (n, classes) distributions), stopping
+        early on ``val_ids`` (default: the training clips)."""
+        params, quiet = self.params, not self.verbose
+        if val_ids is None:
+            val_ids, y_val = train_ids, y_train
+        device = pick_device(params.device)
+        say(f"training {self.name} on {device} ({'mixed precision' if device.type == 'cuda' else 'float32'}): "
+            f"{len(train_ids)} training / {len(val_ids)} validation tracks, {y_train.shape[1]} outputs", quiet)
+        torch.manual_seed(params.seed)
+        rng = np.random.default_rng(params.seed)
+        clips.fit_standardisation(list(train_ids), seed=params.seed)
+        model = ClipCNN(y_train.shape[1], clips.n_mels).to(device)
+        optimiser = torch.optim.Adam(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
+        schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.5, patience=1)
+        best, best_state, stale, history, samples, train_seconds = float("inf"), None, 0, [], 0, 0.0
+        steps = -(-len(train_ids) * params.crops_per_track // params.batch_size)  # batches per epoch
+        # counted in batches, so the bar moves, and its ETA means something, within the first epoch
+        with progress_bar(params.epochs * steps, f"train {self.name}", "batches", quiet) as bar:
+            for epoch in range(params.epochs):
+                epoch_started = time.perf_counter()
+                loss = _epoch(model, optimiser, clips, train_ids, y_train, params, rng, device, bar)
+                train_seconds += time.perf_counter() - epoch_started
+                samples += len(train_ids) * params.crops_per_track
+                val_loss = _clip_loss(model, clips, val_ids, y_val, device)
+                schedule.step(val_loss)
+                history.append({"epoch": epoch + 1, "loss": round(loss, 4), "val_loss": round(val_loss, 4)})
+                bar.advance(0, info=f"epoch {epoch + 1}: loss {loss:.3f} val {val_loss:.3f}")
+                if val_loss < best - 1e-4:
+                    best, best_state, stale = val_loss, copy.deepcopy(model.state_dict()), 0
+                else:
+                    stale += 1
+                    if stale >= params.patience:
+                        break
+        model.load_state_dict(best_state)
+        self.model_, self.temperature_ = model, None
+        self.metrics_ = {"val_loss": round(best, 4), "epochs": len(history), "history": history, "device": str(device),
+                         "train_tracks": len(train_ids), "val_tracks": len(val_ids),
+                         "train_samples_per_s": round(samples / max(train_seconds, 1e-9), 1)}
+        if self.calibrate:
+            self.temperature_ = fit_temperature(self.predict_proba(clips, val_ids, calibrated=False), np.argmax(y_val, axis=1))
+            self.metrics_["temperature"] = round(self.temperature_, 4)
+        return self
+
+    def predict_proba(self, clips: PatchReader, ids: list[int], calibrated: bool = True) -> np.ndarray:
+        """Clip-level probabilities (n, classes): the mean over every patch (temperature applied)."""
+        probabilities = clip_outputs(self.model_, clips, list(ids), pick_device(self.params.device))[1]
+        return calibrate(probabilities, self.temperature_) if calibrated and self.temperature_ else probabilities
+
+    def transform(self, clips: PatchReader, ids: list[int]) -> np.ndarray:
+        """Clip embeddings (n, 256): the mean over every patch."""
+        return clip_outputs(self.model_, clips, list(ids), pick_device(self.params.device))[0]
+
+
+def _epoch(model, optimiser, clips, train_ids, y, params, rng, device, bar) -> float:
     model.train()
-    order = rng.permutation(np.repeat(np.asarray(train), params.crops_per_track))
+    order = rng.permutation(np.repeat(np.arange(len(train_ids)), params.crops_per_track))
     losses = []
     for start in range(0, len(order), params.batch_size):
         batch = order[start : start + params.batch_size]
         bar.advance()
         if len(batch) < 2:  # batch norm needs two samples
             continue
-        x = torch.from_numpy(np.stack([spectra.crop(labelled[i]["track_id"], rng) for i in batch])[:, None]).to(device)
+        x = torch.from_numpy(np.stack([clips.crop(train_ids[i], rng) for i in batch])[:, None]).to(device)
         target = torch.from_numpy(y[batch]).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = soft_cross_entropy(model(x).float(), target)
@@ -167,9 +222,9 @@ def _epoch(model, optimiser, spectra, labelled, y, train, params, rng, device, b
     return float(np.mean(losses))
 
 
-def _validation_loss(model, spectra, labelled, y, val, device) -> float:
-    _, probabilities = clip_outputs(model, spectra, [labelled[i]["track_id"] for i in val], device)
-    return float(-(y[val] * np.log(np.clip(probabilities, 1e-7, 1))).sum(axis=1).mean())
+def _clip_loss(model, clips, ids, y, device) -> float:
+    _, probabilities = clip_outputs(model, clips, list(ids), device)
+    return float(-(y * np.log(np.clip(probabilities, 1e-7, 1))).sum(axis=1).mean())
 
 
 def save_cnn(store: Store, model: ClipCNN, spectra: PatchReader, config: dict, metrics: dict) -> str:

@@ -3,7 +3,7 @@
 import copy
 import io
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +29,8 @@ class TransferParams:
     patience: int = 30
     batch_size: int = 64
     learning_rate: float = 1e-3
-    weight_decay: float = 1e-5
+    #: L2 penalty; ``None``: the one of :data:`WEIGHT_DECAYS` with the lowest loss cross-validated by artist
+    weight_decay: float | None = None
     split: str = "auto"
     seed: int = 0
     device: str = "auto"
@@ -59,10 +60,15 @@ def train_transfer(store: Store, params: TransferParams, quiet: bool = False) ->
     def labels(rows):
         return torch.tensor([classes.index(t["genre_top"]) for t in rows], device=device)
 
+    pool = train + [t for t in val if t not in train]  # every labelled track outside the test split
+    if params.weight_decay is None:
+        params, losses = _chosen_weight_decay(inputs(pool), labels(pool), [t["artist_id"] for t in pool], len(classes),
+                                              params, device)
+        say("transfer weight decay, chosen by artist-fold cross-validation: " + ", ".join(
+            f"{wd:g} (loss {loss:.3f})" for wd, loss in losses.items()) + f" -> {params.weight_decay:g}", quiet)
     xv, yv = inputs(val), labels(val)
     model, best, epochs, best_epoch = _fit_mlp(inputs(train), labels(train), len(classes), params, params.epochs,
                                                device, (xv, yv))
-    pool = train + [t for t in val if t not in train]  # every labelled track outside the test split
     temperature = _cross_validated_temperature(inputs(pool), labels(pool), [t["artist_id"] for t in pool],
                                                len(classes), params, best_epoch, device)
     buffer = io.BytesIO()
@@ -70,7 +76,7 @@ def train_transfer(store: Store, params: TransferParams, quiet: bool = False) ->
     torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "config": config,
                 "mean": torch.from_numpy(mean), "std": torch.from_numpy(std)}, buffer)
     metrics = {"val_loss": round(best, 4), "epochs": epochs, "train_tracks": len(train), "val_tracks": len(val),
-               "temperature": round(temperature, 4),
+               "temperature": round(temperature, 4), "weight_decay": params.weight_decay,
                "temperature_fitted_on": f"out-of-fold predictions, {CALIBRATION_FOLDS} folds by artist",
                "seconds": round(time.perf_counter() - started, 2)}
     model_id = save_model(store, "transfer", "genre", buffer.getvalue(), {**asdict(params), **config}, metrics, "model.pt")
@@ -118,6 +124,33 @@ def _fit_mlp(x: torch.Tensor, y: torch.Tensor, n_classes: int, params: TransferP
 
 
 CALIBRATION_FOLDS = 4
+#: The L2 penalties the transfer MLP chooses from (docs/METHOD.md: the authors give none).
+WEIGHT_DECAYS = (1e-5, 1e-3, 1e-2, 3e-2, 1e-1)
+
+
+def _artist_folds(artists: list[int], seed: int) -> np.ndarray:
+    """Each track's fold, ``CALIBRATION_FOLDS`` folds of whole artists."""
+    order = sorted(set(artists))
+    np.random.default_rng(seed).shuffle(order)
+    fold_of = {a: i % CALIBRATION_FOLDS for i, a in enumerate(order)}
+    return np.array([fold_of[a] for a in artists])
+
+
+def _chosen_weight_decay(x: torch.Tensor, y: torch.Tensor, artists: list[int], n_classes: int, params: TransferParams,
+                         device: torch.device) -> tuple[TransferParams, dict[float, float]]:
+    """``params`` with the weight decay of :data:`WEIGHT_DECAYS` whose MLPs, each trained on three
+    folds of artists and stopped early on the fourth, reach the lowest mean loss on artists they
+    never trained on; and that loss for each."""
+    folds = _artist_folds(artists, params.seed)
+    losses = {}
+    for weight_decay in WEIGHT_DECAYS:
+        trial = replace(params, weight_decay=weight_decay)
+        held_out = []
+        for k in range(min(CALIBRATION_FOLDS, len(set(artists)))):
+            held = torch.from_numpy(folds == k).to(device)
+            held_out.append(_fit_mlp(x[~held], y[~held], n_classes, trial, params.epochs, device, (x[held], y[held]))[1])
+        losses[weight_decay] = float(np.mean(held_out))
+    return replace(params, weight_decay=min(losses, key=losses.get)), losses
 
 
 @torch.no_grad()
@@ -131,10 +164,8 @@ def _cross_validated_temperature(x: torch.Tensor, y: torch.Tensor, artists: list
     as the final one was (for its best number of epochs) on the other folds' artists, predict
     the artists they never saw. The validation split alone, which early stopping already chose
     the epoch on, makes the MLP look surer of unseen artists than it is (docs/METHOD.md)."""
+    folds = _artist_folds(artists, params.seed)
     order = sorted(set(artists))
-    np.random.default_rng(params.seed).shuffle(order)
-    fold_of = {a: i % CALIBRATION_FOLDS for i, a in enumerate(order)}
-    folds = np.array([fold_of[a] for a in artists])
     out_of_fold = np.zeros((len(artists), n_classes), np.float32)
     for k in range(min(CALIBRATION_FOLDS, len(order))):
         held = torch.from_numpy(folds == k).to(device)

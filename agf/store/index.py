@@ -8,6 +8,7 @@ the CPU, so a saved index is the same file on every machine.
 """
 
 import hashlib
+import os
 import json
 import re
 import time
@@ -26,7 +27,10 @@ EXACT_LIMIT = 100_000
 
 
 def gpu_available() -> bool:
-    """Whether this faiss build has GPU support and sees a GPU (faiss-cpu never does)."""
+    """Whether this faiss build has GPU support and sees a GPU (faiss-cpu never does), unless
+    ``AGF_FAISS_CPU=1`` asks for the CPU (to measure both on one machine)."""
+    if os.environ.get("AGF_FAISS_CPU") == "1":
+        return False
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 

@@ -4,6 +4,8 @@
 :class:`~agf.store.parts.Transaction`, so a crash or Ctrl-C never leaves a half-written table.
 """
 
+from __future__ import annotations
+
 import contextlib
 import datetime as dt
 import fcntl
@@ -18,12 +20,10 @@ from collections import defaultdict
 from collections.abc import Iterator
 from importlib import metadata as importlib_metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from agf.version import __version__
@@ -31,6 +31,9 @@ from agf.errors import AgfError
 from agf.store.parts import COMMIT_LOCK, DEFAULT_WAIT, Transaction, commit_lock, finish_commits, recover
 from agf.store.paths import inside, open_regular
 from agf.store.schemas import SCHEMAS, VECTOR_COLUMNS, conform
+
+if TYPE_CHECKING:  # duckdb and pyarrow.dataset load when a query runs: a search needs neither
+    import duckdb
 
 #: 3: no pickled model files (factor models are ``model.npz``); 2: readers' commit lock.
 FORMAT_VERSION = 3
@@ -291,6 +294,8 @@ class Store:
             return
         txn.delete_parts([part])
         if gone.true_count < rows.num_rows:
+            import pyarrow.compute as pc
+
             txn.write_part(self.table_dir(name), rows.filter(pc.invert(gone)), stem=f"{part.stem.split('~')[0]}~{txn.txn_id}")
 
     def compact(self, names: list[str] | None = None) -> dict[str, tuple[int, int]]:
@@ -349,6 +354,8 @@ class Store:
         configuration locked, so no statement run on this connection can read, write or load
         anything else: not a path, not an extension, not another database.
         """
+        import duckdb
+
         listing = listing if listing is not None else self._listing()
         sizes = {name: self.vector_size(name, parts) for name, parts in listing.items()}
         con = duckdb.connect(":memory:")
@@ -433,6 +440,8 @@ class Store:
         return self._run(sql, read_only=True, timeout=timeout)
 
     def _run(self, sql: str, params: list | None = None, read_only: bool = False, timeout: float | None = None) -> pa.Table:
+        import duckdb
+
         with self.snapshot():
             # a user's statement gets a connection of its own, closed after; agf's reuse one
             con = self.connect() if read_only else self._reused_connection()
@@ -502,9 +511,11 @@ class Store:
         }
 
 
-def _dataset(name: str, parts: list[Path], dim: int | None) -> ds.Dataset:
+def _dataset(name: str, parts: list[Path], dim: int | None):
     """Table ``name``'s ``parts`` as one Arrow dataset, its vectors read as ``dim``-long when
     known (a cast from variable lists costs half as much again)."""
+    import pyarrow.dataset as ds  # here: it imports pandas, which a search never needs
+
     schema, column = SCHEMAS[name], VECTOR_COLUMNS.get(name)
     if column and dim:
         schema = schema.set(schema.get_field_index(column), pa.field(column, pa.list_(pa.float32(), dim)))
@@ -545,6 +556,8 @@ def _known(table: str) -> str:
 
 def _matching(rows: pa.Table, conditions: list[tuple[str, list]]) -> pa.BooleanArray:
     """Which of ``rows`` any condition matches (a NULL outcome is no match), in their order."""
+    import duckdb
+
     predicate = " OR ".join(f"({where})" for where, _ in conditions)
     con = duckdb.connect(":memory:")
     try:
@@ -637,6 +650,8 @@ _EXPLAIN = re.compile(r"\s*explain\s+(?:analy[sz]e\s+)?(?:\([^)]*\)\s*)?", re.IG
 
 def _refuse_writes(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     """Raise unless every statement of ``sql`` is a ``SELECT`` (or ``EXPLAIN`` of one)."""
+    import duckdb
+
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as exc:
