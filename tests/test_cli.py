@@ -148,6 +148,8 @@ def test_demo_quick_runs_end_to_end_and_leaves_the_folder_it_runs_in_empty(tmp_p
     # One artist per genre held out (8 x 4 tracks), predicted once (tagging replaced, not doubled), and the newcomer.
     assert len(evaluated) == len({e["track_id"] for e in evaluated}) == 8 * 4 + 1
     assert (demo / "store" / "reports" / "evaluate" / "confusion.png").exists()
+    indexes = json.loads(cli("index", "list", "--json", "--store", demo / "store").stdout)
+    assert indexes and not any(i["stale"] for i in indexes)  # the demo's last step: the next search is fresh
 
 
 CELLS = st.one_of(st.none(), st.integers(), st.floats(), st.text(), st.lists(st.integers(), max_size=6),

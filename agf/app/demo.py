@@ -90,15 +90,15 @@ def run_demo(corpus: Path | None = None, store_dir: Path | None = None, quick: b
         report["genre_report"] = summary_rows(evaluation)
         say(f"evaluation: {evaluation['test_tracks']} test tracks of {evaluation['test_artists']} artists never seen "
             f"in training; report and confusion matrices in {store.report_dir('evaluate')}", quiet)
-        build_indexes(store, quiet=True)
-        service = Similar(store)
-        for name in ("Rock Artist 1", "Classical Artist 2"):
-            neighbours = service.artists(resolve_artist(store, name), k=3, space="combined")
-            report[f"similar to {name}"] = [{k: n[k] for k in ("rank", "artist", "similarity", "top_genre")} for n in neighbours]
         files = [Path(p) for p in _held_out_paths(store)] + [_unseen_track(Path(corpus))]
         tagged = Tagger(store).tag(read_files(files), workers=workers, quiet=True)
         report["tagged (held-out tracks, then a Jazz track by a new artist)"] = [
             {"file": "/".join(Path(t["path"]).parts[-2:]), **{k: t[k] for k in ("genre", "probability", "top")}} for t in tagged]
+        build_indexes(store, quiet=True)  # last: the indexes (and the directory a search reads) include what was tagged
+        service = Similar(store)
+        for name in ("Rock Artist 1", "Classical Artist 2"):
+            neighbours = service.artists(resolve_artist(store, name), k=3, space="combined")
+            report[f"similar to {name}"] = [{k: n[k] for k in ("rank", "artist", "similarity", "top_genre")} for n in neighbours]
     say(f"next: export AGF_STORE={store.root}, then try agf similar \"Jazz Artist 1\" or agf sql \"select * from "
         f"predictions limit 5\"", quiet)
     return report
