@@ -236,3 +236,18 @@ def test_beet_agf_tags_imported_items_in_a_real_beets_library(searchable_trained
     assert len(tagged) == len(items) - 1 and not [p for p in tagged if p.endswith(".opus")]
     for path, genres in tagged.items():  # import.write: yes, so the files agree with the library
         assert _genres(Path(path)) == [genres]
+
+
+def test_undo_restores_a_write_that_was_cut_short_before_its_second_commit(searchable_trained, game_music, tmp_path):
+    import pyarrow as pa
+
+    shutil.copytree(searchable_trained / "store", tmp_path / "store")
+    files = _library(tmp_path / "music", sorted((game_music / "clips").rglob("*.mp3"))[16:20])
+    _agf("tag", tmp_path / "music", "--write-tags", "--min-probability", "0", "--quiet", store=tmp_path / "store")
+    with Store.open(tmp_path / "store", write=True) as store:  # as if killed after writing the file: no sha256 after
+        rows = store.query("SELECT * FROM tag_writes WHERE path = ?", [str(files["flac"])]).to_pylist()
+        with store.transaction() as tx:
+            tx.delete_where("tag_writes", "path = ?", [str(files["flac"])])
+            tx.append("tag_writes", pa.Table.from_pylist([{**rows[0], "sha256_after": None}]))
+    done = {Path(r["path"]).suffix[1:]: r["done"] for r in json.loads(_agf("tag", "--undo", "--json", store=tmp_path / "store").stdout)}
+    assert done["flac"] == "restored" and _genres(files["flac"]) is None
