@@ -621,7 +621,6 @@ def serve(
         if host not in ("127.0.0.1", "localhost", "::1"):
             say(f"warning: listening on {host}: anyone who can reach this machine can browse the store and play its audio",
                 quiet)
-        say(f"serving {Path(store).expanduser().resolve()} at http://{host}:{port}/ (Ctrl-C to stop)", quiet)
         run_server(web_app, host, port, quiet)
     except AgfError as exc:
         fail(str(exc))

@@ -265,3 +265,11 @@ def test_the_sql_page_shows_rows_and_a_refusal(browser, site):
     assert browser.find_element(By.CSS_SELECTOR, "#result td").text.isdigit()
     browser.get(site + "/sql?q=drop+table+tracks")
     assert "read-only" in browser.find_element(By.CSS_SELECTOR, "p.error").text
+
+
+def test_a_port_in_use_is_one_line_of_error(site, searchable_trained, cli):
+    port = site.rsplit(":", 1)[1]
+    out = cli("serve", "--port", port, "--store", searchable_trained / "store")
+    assert out.exit_code == 1
+    assert out.output.strip().splitlines() == [f"Error: cannot listen on 127.0.0.1:{port}: Address already in use "
+                                               f"(another agf serve? choose --port)"]

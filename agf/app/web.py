@@ -9,6 +9,7 @@ page or JSON with its status code, never a traceback.
 import json
 import os
 import re
+import socket
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -21,6 +22,7 @@ from starlette.templating import Jinja2Templates
 
 from agf.app.catalog import Catalog, NotFound
 from agf.errors import AgfError
+from agf.progress import say
 from agf.store import Store
 
 HERE = Path(__file__).resolve().parent
@@ -103,7 +105,9 @@ def create_app(store_path) -> Starlette:
         Route("/api/map", api_map), Route("/api/sql", api_sql),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    return Starlette(routes=routes, exception_handlers={AgfError: error, HTTPException: error, Exception: error})
+    app = Starlette(routes=routes, exception_handlers={AgfError: error, HTTPException: error, Exception: error})
+    app.state.store_root = catalog.store.root
+    return app
 
 
 def ranged(request: Request, fh, media_type: str) -> Response:
@@ -160,7 +164,16 @@ def _plain(value):
 
 
 def serve(app: Starlette, host: str = "127.0.0.1", port: int = 8080, quiet: bool = False) -> None:
-    """Serve ``app`` (see :func:`create_app`) on ``host:port`` until interrupted."""
+    """Serve ``app`` (see :func:`create_app`) on ``host:port`` until interrupted; a port already in
+    use is one :class:`AgfError`, not a server that starts and stops."""
     import uvicorn
 
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise AgfError(f"cannot listen on {host}:{port}: {reason} (another agf serve? choose --port)") from None
+    say(f"serving {app.state.store_root} at http://{host}:{port}/ (Ctrl-C to stop)", quiet)
+    # uvicorn's own lines (startup, each request) only when asked for: the page is the output
     uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet)
