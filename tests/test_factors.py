@@ -109,3 +109,18 @@ def test_too_few_artists_is_a_clear_error(small_store, tmp_path, cli):
     out = cli("factors", "build", "--min-tracks", "10", "--source", "mfcc", "--store", root)
     assert out.exit_code == 1
     assert out.output.strip() == "Error: mfcc: fewer than 2 artists have 10+ tracks; lower --min-tracks"
+
+
+def test_online_lda_driven_batch_by_batch_fits_what_sklearn_fit_does():
+    from scipy import sparse
+
+    from agf.models.group_factors import fit_lda, make_lda
+
+    rng = np.random.default_rng(0)
+    bags = sparse.random(4200, 60, density=0.2, format="csr", random_state=1, dtype=np.float32) * 5
+    ours = fit_lda(bags, 6, 2, seed=3)
+    reference = make_lda(6, 4200, 2, 3).fit(bags)
+    assert ours.learning_method == "online" and ours.n_batch_iter_ == reference.n_batch_iter_
+    np.testing.assert_allclose(ours.components_, reference.components_, rtol=1e-6)
+    probe = bags[rng.choice(4200, 50, replace=False)]
+    np.testing.assert_allclose(ours.transform(probe), reference.transform(probe), rtol=1e-5, atol=1e-7)
