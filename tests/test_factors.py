@@ -124,3 +124,21 @@ def test_online_lda_driven_batch_by_batch_fits_what_sklearn_fit_does():
     np.testing.assert_allclose(ours.components_, reference.components_, rtol=1e-6)
     probe = bags[rng.choice(4200, 50, replace=False)]
     np.testing.assert_allclose(ours.transform(probe), reference.transform(probe), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("artists, method", [(300, "batch"), (4300, "online")])
+def test_the_vectorised_lda_fits_what_scikit_learn_fits(artists, method):
+    from scipy import sparse
+    from sklearn.decomposition import LatentDirichletAllocation
+
+    from agf.models.group_factors import make_lda
+
+    rng = np.random.default_rng(0)
+    topics = rng.dirichlet(np.full(256, 0.05), size=10)  # bags drawn from 10 topics over 256 words
+    mixtures = rng.dirichlet(np.full(10, 0.3), size=artists)
+    bags = sparse.csr_matrix(np.vstack([rng.multinomial(600, m @ topics) for m in mixtures]).astype(np.float32) / 6)
+    ours = make_lda(12, artists, 4, seed=0).fit(bags)
+    reference = LatentDirichletAllocation(**{k: v for k, v in ours.get_params().items()}).fit(bags)
+    assert ours.learning_method == method
+    np.testing.assert_allclose(ours.components_, reference.components_, rtol=1e-4, atol=1e-4 * reference.components_.max())
+    np.testing.assert_allclose(ours.transform(bags[:100]), reference.transform(bags[:100]), atol=1e-3)

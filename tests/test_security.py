@@ -324,11 +324,16 @@ def _as_written_by_agf_0_1(root: Path, pickled_of=None) -> None:
 
 def _pickled_as_agf_0_1(dictionary, lda) -> bytes:
     """The pickle agf 0.1 wrote: its Dictionary class then lived in agf.models.factors (which
-    still imports it, so pickle finds it there while the class names that module)."""
+    still imports it, so pickle finds it there while the class names that module), and its LDA
+    was scikit-learn's own class."""
+    from sklearn.decomposition import LatentDirichletAllocation
+
     cls = type(dictionary)
     home, cls.__module__ = cls.__module__, "agf.models.factors"
+    plain = LatentDirichletAllocation.__new__(LatentDirichletAllocation)  # agf 0.1 fitted scikit-learn's own class
+    plain.__dict__.update(lda.__dict__)
     try:
-        return pickle.dumps({"dictionary": dictionary, "lda": lda, "params": {}})
+        return pickle.dumps({"dictionary": dictionary, "lda": plain, "params": {}})
     finally:
         cls.__module__ = home
 

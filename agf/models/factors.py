@@ -194,7 +194,7 @@ def load_factor_model(store: Store, model_id: str, verbose: bool = False) -> Art
     Only arrays and JSON are read (``model.npz``); what the file holds is checked for shape
     before it is used, so a file from a hostile store is an error, not a crash.
     """
-    from sklearn.decomposition import LatentDirichletAllocation
+    from agf.models.lda import VectorisedLDA
 
     state = unflatten_state(load_arrays(store, model_id))
     try:
@@ -202,9 +202,8 @@ def load_factor_model(store: Store, model_id: str, verbose: bool = False) -> Art
         dictionary = Dictionary(str(saved["source"]), saved.get("mean"), saved.get("scale"), saved.get("centroids"),
                                 saved.get("vocabulary"))
         components = np.asarray(fitted["components_"])  # in the dtype fitted (float32 bags fit float32)
-        lda = LatentDirichletAllocation(n_components=components.shape[0],
-                                        max_doc_update_iter=int(fitted["max_doc_update_iter"]),
-                                        mean_change_tol=float(fitted["mean_change_tol"]))
+        lda = VectorisedLDA(n_components=components.shape[0], max_doc_update_iter=int(fitted["max_doc_update_iter"]),
+                            mean_change_tol=float(fitted["mean_change_tol"]))
         lda.components_, lda.n_features_in_ = components, components.shape[1]
         lda.exp_dirichlet_component_ = np.asarray(fitted["exp_dirichlet_component_"])
         lda.doc_topic_prior_ = float(fitted["doc_topic_prior_"])

@@ -275,15 +275,14 @@ def artist_bags(artist_of_track: np.ndarray, words: Sequence[Words], n_words: in
 
 
 def make_lda(topics: int, n_artists: int, passes: int, seed: int):
-    """scikit-learn's LDA as the factors use it: batch variational Bayes up to 4,096 artists;
-    online (mini-batches of 512) above, with the E-step spread over every core (1.5x on 2 cores;
-    below that size starting the worker processes costs more than it saves)."""
-    from sklearn.decomposition import LatentDirichletAllocation
+    """scikit-learn's LDA as the factors use it (with its E-step run over many documents at
+    once, :class:`agf.models.lda.VectorisedLDA`): batch variational Bayes up to 4,096 artists;
+    online (mini-batches of 512) above."""
+    from agf.models.lda import VectorisedLDA  # here: scikit-learn takes a second to import
 
     large = n_artists > 4096
-    return LatentDirichletAllocation(n_components=topics, learning_method="online" if large else "batch",
-                                     max_iter=passes, batch_size=512, random_state=seed,
-                                     n_jobs=os.cpu_count() if large else None)
+    return VectorisedLDA(n_components=topics, learning_method="online" if large else "batch", max_iter=passes,
+                         batch_size=512, random_state=seed, n_jobs=os.cpu_count() if large else None)
 
 
 def fit_lda(bags: sparse.csr_matrix, topics: int, passes: int, seed: int, label: str = "lda", verbose: bool = False):
