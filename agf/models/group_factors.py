@@ -21,7 +21,6 @@ corpus); ``dictionary_.size`` is the value used.
 """
 
 import os
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -147,8 +146,7 @@ class ArtistGroupFactors:
         self.lda_ = fit_lda(self.bags_[fit_rows], self.n_topics, self.lda_passes, self.random_state,
                             f"lda {self.name}", self.verbose)
         self.n_fitted_ = len(fit_rows)
-        self.perplexity_ = float(self.lda_.perplexity(self.bags_[fit_rows]))
-        self.factors_ = self.lda_.transform(self.bags_)
+        self.factors_, self.perplexity_ = self.lda_.factors_and_perplexity(self.bags_, fit_rows)
         return self
 
     def transform(self, points_by_track: Sequence, artist_of_track) -> tuple[np.ndarray, np.ndarray]:
@@ -255,23 +253,22 @@ def artist_bags(artist_of_track: np.ndarray, words: Sequence[Words], n_words: in
     tracks_per_artist : dict
         Every artist's number of tracks, those without words too.
     """
-    n_tracks: dict[int, int] = defaultdict(int)
-    rows: dict[int, dict[int, float]] = defaultdict(lambda: defaultdict(float))
-    for artist, counted in zip(np.asarray(artist_of_track).tolist(), words):
-        n_tracks[artist] += 1
-        if counted is not None:
-            row = rows[artist]
-            for i, c in zip(counted[0].tolist(), counted[1].tolist()):
-                row[i] += c
-    artist_ids = sorted(rows)
-    data, indices, indptr = [], [], [0]
-    for a in artist_ids:
-        counted = sorted(rows[a].items())
-        indices.extend(w for w, _ in counted)
-        data.extend(c / n_tracks[a] for _, c in counted)
-        indptr.append(len(indices))
-    bags = sparse.csr_matrix((np.asarray(data, np.float32), indices, indptr), shape=(len(artist_ids), n_words))
-    return np.asarray(artist_ids, np.int64), bags, dict(n_tracks)
+    artists = np.asarray(artist_of_track, np.int64)
+    found, counts = np.unique(artists, return_counts=True)
+    n_tracks = dict(zip(found.tolist(), counts.tolist()))
+    have = [i for i, counted in enumerate(words) if counted is not None]
+    artist_ids = np.unique(artists[have]) if have else np.zeros(0, np.int64)
+    if not have:
+        return artist_ids, sparse.csr_matrix((0, n_words), dtype=np.float32), n_tracks
+    # every (artist, word, count) of every track at once; the sparse matrix sums an artist's tracks
+    rows = np.searchsorted(artist_ids, np.repeat(artists[have], [len(words[i][0]) for i in have]))
+    columns = np.concatenate([words[i][0] for i in have])
+    values = np.concatenate([words[i][1] for i in have]).astype(np.float64)
+    bags = sparse.coo_matrix((values, (rows, columns)), shape=(len(artist_ids), n_words)).tocsr()
+    bags.sum_duplicates()
+    bags.sort_indices()
+    bags = sparse.diags(1.0 / np.asarray([n_tracks[a] for a in artist_ids.tolist()])) @ bags
+    return artist_ids, bags.astype(np.float32).tocsr(), n_tracks
 
 
 def make_lda(topics: int, n_artists: int, passes: int, seed: int):

@@ -50,6 +50,13 @@ class VectorisedLDA(LatentDirichletAllocation):
             stats *= self.exp_dirichlet_component_  # finishes the sufficient statistics, as scikit-learn does
         return gamma, stats
 
+    def factors_and_perplexity(self, X, rows) -> tuple[np.ndarray, float]:
+        """The topic mixtures (n_docs, n_topics) of every document of ``X``, and the perplexity of
+        the documents at ``rows``, from one E-step (``transform`` and ``perplexity`` take one each)."""
+        distribution = self.transform(X, normalize=False)
+        perplexity = self._perplexity_precomp_distr(X[rows], distribution[rows], sub_sampling=False)
+        return distribution / distribution.sum(axis=1, keepdims=True), float(perplexity)
+
     def _update(self, counts: np.ndarray, gamma: np.ndarray, topic_words: np.ndarray, cal_sstats: bool):
         """Iterate the mixtures ``gamma`` (docs, topics) of documents ``counts`` (docs, words) to
         convergence; with ``cal_sstats``, their share of the sufficient statistics (topics, words)."""
