@@ -374,9 +374,7 @@ def train(
 
     Example: agf train --target all --epochs 20
     """
-    from agf.models.factors import SOURCES
-    from agf.store.registry import latest_model
-    from agf.models.train import TrainParams, train_cnn
+    from agf.models.train import TrainParams, train_cnn, trainable_targets
     from agf.models.transfer import TransferParams, train_transfer
 
     with _open(store, write=True, wait=wait) as opened:
@@ -386,9 +384,7 @@ def train(
             return [train_transfer(opened, params, quiet=quiet)]
         params = TrainParams(batch_size=batch_size, crops_per_track=crops_per_track, split=split, seed=seed, device=device,
                              **{k: v for k, v in {"epochs": epochs, "patience": patience}.items() if v is not None})
-        targets = [target]
-        if target == "all":
-            targets = ["genre"] + [f"agf:{s}" for s in SOURCES if latest_model(opened, "factors", s)]
+        targets = trainable_targets(opened) if target == "all" else [target]
         return [train_cnn(opened, t, params, quiet=quiet) for t in targets]
 
 

@@ -21,7 +21,7 @@ from agf.models.factors import FactorParams, build_factors, default_sources
 from agf.app.indexing import build_indexes
 from agf.app.similar import Similar
 from agf.app.tag import Tagger
-from agf.models.train import TrainParams, all_tracks, train_cnn
+from agf.models.train import TrainParams, all_tracks, train_cnn, trainable_targets
 from agf.models.serving import embed
 from agf.models.transfer import TransferParams, train_transfer
 from agf.progress import say
@@ -82,8 +82,7 @@ def run_demo(corpus: Path | None = None, store_dir: Path | None = None, quick: b
         report["ingest"] = [summary.as_dict()]  # a one-row table, like every other part of the report
         factors = build_factors(store, default_sources(store), plan["factors"], quiet=quiet)
         report["factors"] = [{k: f[k] for k in ("source", "words", "topics", "artists", "perplexity", "seconds")} for f in factors]
-        targets = ["genre"] + [f"agf:{f['source']}" for f in factors]
-        report["training"] = [train_cnn(store, t, plan["train"], quiet=quiet) for t in targets]
+        report["training"] = [train_cnn(store, t, plan["train"], quiet=quiet) for t in trainable_targets(store)]
         embed(store, "all", quiet=quiet)
         report["training"].append(train_transfer(store, TransferParams(), quiet=quiet))
         evaluation = evaluate(store, out_dir=store.report_dir("evaluate"))

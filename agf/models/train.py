@@ -24,7 +24,7 @@ from agf.models.factors import current_factors
 from agf.progress import progress_bar, say
 from agf.models.serving import clip_outputs, pick_device
 from agf.store import Store
-from agf.store.registry import save_model
+from agf.store.registry import latest_model, save_model
 
 MIN_TRAINING_TRACKS = 10
 
@@ -80,6 +80,11 @@ def _split_indices(tracks: list[dict], labelled: list[dict], params: TrainParams
     for i, t in enumerate(labelled):
         out[splits[t["track_id"]]].append(i)
     return out
+
+
+def trainable_targets(store: Store) -> list[str]:
+    """What ``--target all`` trains: the genre, and each source that has factors."""
+    return ["genre"] + [f"agf:{s}" for s in AGF_SOURCES if latest_model(store, "factors", s)]
 
 
 def train_cnn(store: Store, target: str, params: TrainParams, quiet: bool = False) -> dict:
