@@ -79,6 +79,7 @@ def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
 # -- the two shapes of parallel work --------------------------------------------------------------
 
 _SHARED: dict = {}  # in a worker process: the values every task of a map shares, received once
+_SHARED_BY: list = [None]  # on Ray, which map's (its object refs) _SHARED holds: a worker serves several
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
@@ -154,12 +155,11 @@ def _apply(batch: dict, fn, shared_refs: dict, setup) -> dict:
     import ray
 
     key = tuple(sorted((name, ref.hex()) for name, ref in shared_refs.items()))
-    if _SHARED.get("__map__") != key:  # the first task of this map in this worker process
+    if _SHARED_BY[0] != key:  # the first task of this map in this worker process
         _SHARED.clear()
         _enter_worker({name: ray.get(ref) for name, ref in shared_refs.items()}, setup)
-        _SHARED["__map__"] = key
-    shared = {name: value for name, value in _SHARED.items() if name != "__map__"}
-    results = [pickle.dumps(fn(pickle.loads(item), **shared)) for item in batch["item"]]
+        _SHARED_BY[0] = key
+    results = [pickle.dumps(fn(pickle.loads(item), **_SHARED)) for item in batch["item"]]
     return {"result": np.array(results, dtype=object)}
 
 

@@ -55,3 +55,11 @@ def test_vectors_match_what_sql_reads(searchable_trained):
     rows = store.sql(f"select track_id, vector from embeddings where model_id = '{model}' order by track_id").to_pylist()
     assert ids.tolist() == [r["track_id"] for r in rows]
     np.testing.assert_array_equal(matrix, np.asarray([r["vector"] for r in rows], np.float32))
+
+
+def test_zero_neighbours_is_an_agf_error_for_artists_and_tracks(searchable_trained):
+    store = agf.open(searchable_trained / "store")
+    name = store.sql("select name from artists order by artist_id limit 1")["name"][0].as_py()
+    for ask in (lambda: store.similar(name, k=0), lambda: store.similar_tracks(1, k=0)):
+        with pytest.raises(agf.AgfError, match="k must be a positive number of neighbours, not 0"):
+            ask()

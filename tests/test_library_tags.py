@@ -251,3 +251,20 @@ def test_undo_restores_a_write_that_was_cut_short_before_its_second_commit(searc
             tx.append("tag_writes", pa.Table.from_pylist([{**rows[0], "sha256_after": None}]))
     done = {Path(r["path"]).suffix[1:]: r["done"] for r in json.loads(_agf("tag", "--undo", "--json", store=tmp_path / "store").stdout)}
     assert done["flac"] == "restored" and _genres(files["flac"]) is None
+
+
+def test_undo_leaves_a_path_that_became_a_fifo_as_it_is_instead_of_hanging(searchable_trained, tmp_path):
+    import datetime as dt
+
+    import pyarrow as pa
+
+    shutil.copytree(searchable_trained / "store", tmp_path / "store")
+    fifo = tmp_path / "song.flac"
+    os.mkfifo(fifo)
+    with Store.open(tmp_path / "store", write=True) as store, store.transaction() as tx:
+        tx.append("tag_writes", pa.Table.from_pylist([{
+            "track_id": 1, "path": str(fifo), "field": "GENRE", "old_value": None, "new_value": ["Rock"],
+            "sha256_before": "0" * 64, "sha256_after": "1" * 64, "model_id": "m",
+            "written_at": dt.datetime.now(dt.timezone.utc)}]))
+    (row,) = json.loads(_agf("tag", "--undo", "--json", store=tmp_path / "store").stdout)
+    assert row["done"] == f"left as it is: {fifo}: not a regular file"

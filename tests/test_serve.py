@@ -139,12 +139,22 @@ def test_the_sql_api_refuses_writes_and_file_access(http, query):
     assert not Path("/tmp/agf-serve-copy.csv").exists() and not Path("/tmp/agf-serve.db").exists()
 
 
+def test_the_sql_page_answers_a_refused_statement_with_400(http):
+    response = http.get("/sql", params={"q": "drop table tracks"})
+    assert response.status_code == 400 and "read-only" in response.text
+
+
+def test_values_json_cannot_hold_come_back_as_null(http):
+    answer = http.get("/api/sql", params={"q": "select 'nan'::double as x, 'inf'::double as y, 1.5::double as z"})
+    assert answer.status_code == 200 and answer.json()["rows"] == [{"x": None, "y": None, "z": 1.5}]
+
+
 def test_the_sql_api_bounds_the_rows_it_sends(http):
     answer = http.get("/api/sql", params={"q": "select * from range(5000)"}).json()
     assert answer["total_rows"] == 5000 and len(answer["rows"]) == 1000 and answer["truncated"]
 
 
-@pytest.mark.parametrize("path, status", [("/artists/abc", 404), ("/api/artists?limit=many", 400),
+@pytest.mark.parametrize("path, status", [("/artists/abc", 404), ("/api/artists?limit=many", 400), ("/api/artists?limit=0", 400),
                                           ("/api/similar?artist=Nobody+At+All", 404),
                                           ("/api/similar?artist_id=1&k=0", 400), ("/api/similar?artist_id=1&space=nope", 404)])
 def test_errors_are_pages_or_json_with_their_status_never_a_traceback(http, path, status):
@@ -273,3 +283,14 @@ def test_a_port_in_use_is_one_line_of_error(site, searchable_trained, cli):
     assert out.exit_code == 1
     assert out.output.strip().splitlines() == [f"Error: cannot listen on 127.0.0.1:{port}: Address already in use "
                                                f"(another agf serve? choose --port)"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--port", "99999"], "Error: --port must be between 1 and 65535, not 99999"),
+    (["--host", "no-such-host.invalid"], "Error: cannot listen on no-such-host.invalid:8080: "),  # the resolver says why
+])
+def test_a_port_or_host_it_cannot_listen_on_is_one_line_of_error(searchable_trained, cli, args, message):
+    out = cli("serve", *args, "--store", searchable_trained / "store")
+    *before, last = out.output.strip().splitlines()
+    assert out.exit_code == 1 and last.startswith(message) and "while attempting" not in last
+    assert all(line.startswith("warning: listening on") for line in before)  # another host than this machine's

@@ -40,6 +40,8 @@ class Catalog:
         self.listen = {r["artist_id"]: r["track_id"] for r in store.query(
             "SELECT artist_id, min(track_id) AS track_id FROM tracks WHERE path IS NOT NULL GROUP BY 1").to_pylist()}
         self.genres = sorted({g for a in self.artists_by_id.values() for g in a["genres"]})
+        # name and genre keys, made once: a search compares them for every artist
+        self._keys = [(slug(a["name"]), {slug(g) for g in a["genres"]}, a) for a in self.artists_by_id.values()]
         self._maps: dict[tuple[str, str], dict] = {}
         self._transfer = None
 
@@ -53,25 +55,24 @@ class Catalog:
                 "last_ingest": facts["last_ingest"], "models": models, "spaces": self.spaces}
 
     def find_artists(self, q: str = "", genre: str | None = None, limit: int = 50) -> list[dict]:
-        """Artists whose name contains ``q`` (case and accents ignored), of ``genre`` if given, by name."""
+        """At most ``limit`` artists whose name contains ``q`` (case and accents ignored), of
+        ``genre`` if given: those whose name starts with it first, then by name."""
+        if limit < 1:
+            raise AgfError(f"limit must be a positive number of artists, not {limit}")
         key, wanted = slug(q or ""), slug(genre) if genre else None
-        found = [a for a in self.artists_by_id.values() if key in slug(a["name"])
-                 and (wanted is None or wanted in {slug(g) for g in a["genres"]})]
-        found.sort(key=lambda a: (not slug(a["name"]).startswith(key), slug(a["name"])))
-        return [_artist_summary(a) for a in found[:limit]]
+        found = [(name, a) for name, genres, a in self._keys if key in name and (wanted is None or wanted in genres)]
+        found.sort(key=lambda f: (not f[0].startswith(key), f[0]))
+        return [_artist_summary(a) for _, a in found[:limit]]
 
     # -- an artist ------------------------------------------------------------------------------
 
     def resolve(self, name: str | None = None, artist_id: int | None = None) -> dict:
         """The artist named ``name`` (or of ``artist_id``); :class:`NotFound` when there is none."""
-        if artist_id is not None and artist_id not in self.artists_by_id:
-            raise NotFound(f"no artist with id {artist_id}")
-        if artist_id is None and slug(name or "") not in self.similar.directory.by_key:
-            try:
-                self.similar.directory.resolve(name)
-            except AgfError as exc:
-                raise NotFound(str(exc)) from None
-        return self.similar.directory.resolve(name, artist_id)
+        try:
+            return self.similar.directory.resolve(name, artist_id)
+        except AgfError as exc:  # unknown is 404; a name several artists share is a question (400)
+            unknown = artist_id is not None or slug(name or "") not in self.similar.directory.by_key
+            raise (NotFound(str(exc)) if unknown else exc) from None
 
     def artist(self, artist_id: int, k: int = 5) -> dict:
         """An artist's page: its facts, tracks, factors in words, and nearest artists per space, each
@@ -99,8 +100,6 @@ class Catalog:
     def similar_artists(self, name: str | None = None, artist_id: int | None = None, k: int = 10,
                         space: str | None = None) -> list[dict]:
         """The rows of ``agf similar NAME -k K --space SPACE --json``."""
-        if k < 1:
-            raise AgfError(f"k must be a positive number of neighbours, not {k}")
         if space is not None and space not in self.spaces:
             raise NotFound(f"no artist index for space {space!r}; spaces are: {', '.join(self.spaces) or 'none'}")
         return self.similar.artists(self.resolve(name, artist_id), k, space)

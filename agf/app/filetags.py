@@ -9,8 +9,9 @@ later ingest know the retagged file as the track it was.
 
 import csv
 import datetime as dt
-import hashlib
 import json
+import os
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import pyarrow as pa
 
 from agf.errors import AgfError
 from agf.store import Store, now_utc
-from agf.store.paths import open_regular
+from agf.store.paths import sha256_file
 
 #: The field written, by mutagen's file type (the "easy" interfaces map ``genre`` to it).
 FIELDS = {"EasyMP3": "TCON", "EasyID3FileType": "TCON", "FLAC": "GENRE", "OggVorbis": "GENRE", "OggOpus": "GENRE",
@@ -85,9 +86,13 @@ def _open_tags(path: Path):
     import mutagen
 
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block mutagen, a device never end
+            raise AgfError(f"{path}: not a regular file")
         audio = mutagen.File(path, easy=True)
-    except mutagen.MutagenError as exc:
-        raise AgfError(f"{path}: its tags cannot be read ({exc})") from None
+    except AgfError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged file may trip any of mutagen's parsers: its error, one line
+        raise AgfError(f"{path}: its tags cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
     if audio is None or type(audio).__name__ not in FIELDS:
         raise AgfError(f"{path}: agf writes genres into MP3, FLAC, Ogg Vorbis, Opus and MP4/M4A files only")
     return audio
@@ -100,7 +105,10 @@ def genre_field(path: Path) -> str:
 
 def read_genres(path: Path) -> list[str] | None:
     """The genre values of ``path``'s tags, or ``None`` when it has no genre field."""
-    audio = _open_tags(path)
+    return _genres(_open_tags(path))
+
+
+def _genres(audio) -> list[str] | None:
     if audio.tags is None or "genre" not in audio.tags:
         return None
     return [str(v) for v in audio.tags["genre"]]
@@ -128,14 +136,6 @@ def write_genres(path: Path, genres: list[str] | None) -> None:
             audio.save()
     except (mutagen.MutagenError, OSError) as exc:
         raise AgfError(f"{path}: its tags cannot be written ({getattr(exc, 'strerror', None) or exc})") from None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open_regular(Path(path)) as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- a run's files ----------------------------------------------------------------------------------
@@ -170,9 +170,9 @@ def _write_batch(store: Store, rows: list[dict], model_id: str, policy: GenrePol
             continue
         try:
             path = Path(row["path"])
-            old = read_genres(path)
-            plans.append({"row": row, "path": path, "field": genre_field(path), "old": old, "new": genres,
-                          "before": file_sha256(path)})
+            audio = _open_tags(path)  # read once: the field and the values it holds
+            plans.append({"row": row, "path": path, "field": FIELDS[type(audio).__name__], "old": _genres(audio),
+                          "new": genres, "before": sha256_file(path)})
         except (AgfError, OSError) as exc:
             row["tags"] = f"left untouched: {getattr(exc, 'strerror', None) or exc}"
     for plan in plans:
@@ -188,7 +188,7 @@ def _write_batch(store: Store, rows: list[dict], model_id: str, policy: GenrePol
     for plan in plans:
         try:
             write_genres(plan["path"], plan["new"])
-            written.append(_record(plan, model_id, at, file_sha256(plan["path"])))
+            written.append(_record(plan, model_id, at, sha256_file(plan["path"])))
         except AgfError as exc:
             plan["row"]["tags"] = f"left untouched: {exc}"
     with store.transaction(params={"model_id": model_id, "tag_writes": len(written)}) as tx:
@@ -252,7 +252,11 @@ def undo(store: Store, *, since: dt.datetime | None = None, paths: list[Path] | 
             rows.append({**row, "done": f"left as it is: its genres ({_shown(current)}) changed since agf wrote them"})
             continue
         if not dry_run:
-            write_genres(Path(path), restore)
+            try:
+                write_genres(Path(path), restore)
+            except AgfError as exc:  # this file only: the others are restored, its history kept for another try
+                rows.append({**row, "done": f"left as it is: {exc}"})
+                continue
             undone.append(history)
         rows.append({**row, "done": "dry run" if dry_run else "restored"})
     if undone:

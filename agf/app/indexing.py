@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import os
 
 import numpy as np
 
@@ -11,7 +10,7 @@ from agf.progress import say
 from agf.store import Store
 from agf.store.artists import ArtistDirectory, artist_rows
 from agf.store.index import build_index, list_indexes, save_index
-from agf.store.paths import inside, read_store_file
+from agf.store.paths import inside, read_store_file, replace_text
 
 SOURCE_TABLES = ("tracks", "agf", "embeddings", "models")
 #: What the artist directory a search reads is made of, and where ``agf index build`` keeps it.
@@ -30,10 +29,7 @@ def save_directory(store: Store) -> None:
     """Keep every artist's row (:func:`~agf.store.artists.artist_rows`) beside the indexes, so
     that a search reads a JSON file instead of starting a query engine."""
     content = json.dumps({"version": source_version(store, DIRECTORY_TABLES), "artists": artist_rows(store)})
-    path = inside(store.root, DIRECTORY, "the artist directory")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(content)
-    os.replace(tmp, path)
+    replace_text(inside(store.root, DIRECTORY, "the artist directory"), content)
 
 
 def artist_directory(store: Store) -> ArtistDirectory:

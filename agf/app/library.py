@@ -83,30 +83,21 @@ class Library:
         artists with that genre; ``min_tracks`` artists with that many tracks. Returns one dict
         per neighbour: rank, artist_id, artist, similarity, top_genre, tracks.
         """
-        if k < 1:
-            raise AgfError(f"k must be a positive number of neighbours, not {k}")
         service = self._service()
         return service.artists(service.directory.resolve(artist, artist_id), k, space, genre, min_tracks)
 
     def similar_tracks(self, track_id: int, *, k: int = 10, space: str | None = None, same_artist: bool = False,
                        same_album: bool = True) -> list[dict]:
         """The ``k`` tracks nearest to ``track_id`` in a track space (``agf similar --track``)."""
-        if k < 1:
-            raise AgfError(f"k must be a positive number of neighbours, not {k}")
         return self._service().tracks(track_id, k, space, same_artist=same_artist, same_album=same_album)
 
     def predictions(self, track_ids: list[int], *, model: str | None = None) -> dict[int, list[tuple[str, float]]]:
         """Each track's stored genre probabilities by a transfer model (default: the newest), most
         probable first: ``{track_id: [(genre, probability), ...]}``."""
         from agf.app.filetags import ranked_predictions
-        from agf.store.registry import latest_model
+        from agf.app.tag import latest_transfer
 
-        if model is None:
-            row = latest_model(self.store, "transfer", "genre")
-            if row is None:
-                raise AgfError("no genre classifier in the store: run `agf train --target transfer` first")
-            model = row["model_id"]
-        return ranked_predictions(self.store, model, list(track_ids))
+        return ranked_predictions(self.store, model or latest_transfer(self.store), list(track_ids))
 
     def _service(self):
         from agf.app.similar import Similar

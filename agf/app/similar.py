@@ -58,6 +58,7 @@ class Similar:
     def many_artists(self, artists: list[dict], k: int = 10, space: str | None = None, genre: str | None = None,
                      min_tracks: int = 1) -> list[list[dict]]:
         """Neighbours of each of ``artists``; without filters, one batched search answers them all."""
+        _check_k(k)
         space = space or self.default_space("artist")
         vi = self._index(space, "artist")
         queries = []
@@ -87,6 +88,7 @@ class Similar:
         list first); without ``same_album``, tracks of its album are left out too. The search
         itself skips them, so k results come back when k exist.
         """
+        _check_k(k)
         space = space or self.default_space("track")
         vi = self._index(space, "track")
         try:
@@ -135,6 +137,11 @@ class Similar:
             for (position, _), rows_found in zip(found, neighbours):
                 answers[position]["neighbours"] = rows_found
         return answers
+
+
+def _check_k(k: int) -> None:
+    if k < 1:
+        raise AgfError(f"k must be a positive number of neighbours, not {k}")
 
 
 def _int(value) -> int | None:

@@ -38,7 +38,7 @@ class Tagger:
     def __init__(self, store: Store, model_id: str | None = None, device: str = "auto", engine: Engine = LOCAL,
                  precision: str = "auto"):
         self.store = store
-        self.model_id = model_id or _latest_transfer(store)
+        self.model_id = model_id or latest_transfer(store)
         try:
             self.transfer = load_transfer(store, self.model_id)
         except AgfError as exc:
@@ -168,7 +168,8 @@ def tag_files(store: Store, candidates: list[Candidate], *, model: str | None = 
         say(f"playlist {written['playlist']}: {written['entries']} files by genre", quiet)
 
 
-def _latest_transfer(store: Store) -> str:
+def latest_transfer(store: Store) -> str:
+    """The newest transfer model's id; an error naming the commands that make one if there is none."""
     row = latest_model(store, "transfer", "genre")
     if row is None:
         raise AgfError("no genre classifier in the store: run `agf train --target all`, `agf embed`, "

@@ -35,8 +35,8 @@ def create_app(store_path) -> Starlette:
     catalog = Catalog(Store.open(store_path))
     templates = Jinja2Templates(directory=HERE / "templates")
 
-    def page(request: Request, name: str, **context) -> HTMLResponse:
-        return templates.TemplateResponse(request, name, {"spaces": catalog.spaces, **context})
+    def page(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
+        return templates.TemplateResponse(request, name, {"spaces": catalog.spaces, **context}, status_code=status_code)
 
     def home(request: Request):
         q, genre = request.query_params.get("q", ""), request.query_params.get("genre") or None
@@ -159,8 +159,8 @@ def _int(text: str) -> int:
 
 
 def _plain(value):
-    """JSON-ready: timestamps as ISO text."""
-    return json.loads(json.dumps(value, default=str))
+    """JSON-ready: timestamps as ISO text, and NaN or infinities (which JSON cannot hold) as null."""
+    return json.loads(json.dumps(value, default=str), parse_constant=lambda _: None)
 
 
 def serve(app: Starlette, host: str = "127.0.0.1", port: int = 8080, quiet: bool = False) -> None:
@@ -168,11 +168,13 @@ def serve(app: Starlette, host: str = "127.0.0.1", port: int = 8080, quiet: bool
     use is one :class:`AgfError`, not a server that starts and stops."""
     import uvicorn
 
+    if not 0 < port < 65536:
+        raise AgfError(f"--port must be between 1 and 65535, not {port}")
     try:
         with socket.create_server((host, port)):
             pass
-    except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    except OSError as exc:  # the port taken, or a host that does not resolve
+        reason = (exc.strerror or str(exc)).split(" (while attempting")[0]  # the address is said once, below
         raise AgfError(f"cannot listen on {host}:{port}: {reason} (another agf serve? choose --port)") from None
     say(f"serving {app.state.store_root} at http://{host}:{port}/ (Ctrl-C to stop)", quiet)
     # uvicorn's own lines (startup, each request) only when asked for: the page is the output

@@ -7,7 +7,6 @@ audio sha256 is stored are skipped).
 """
 
 import contextlib
-import hashlib
 import os
 import signal
 import threading
@@ -26,7 +25,7 @@ from agf.ingest.metadata import Candidate, GenreRow
 from agf.store.artists import slug
 from agf.progress import progress_bar
 from agf.store import SCHEMAS, FrameCache, Store, fixed_vectors, now_utc
-from agf.store.paths import open_regular, path_text
+from agf.store.paths import path_text, sha256_file
 
 
 @dataclass
@@ -85,14 +84,6 @@ def enter_worker() -> None:
     """Set up a worker process of the ingest map: decoders' complaints are recorded per file."""
     global _IN_WORKER
     _IN_WORKER = True
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open_regular(path) as fh:  # a FIFO or a device would block or never end
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def extract(path: Path, config: ExtractConfig) -> dict:

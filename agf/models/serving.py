@@ -5,6 +5,7 @@ stored models (hash verified, ``weights_only``) and runs them, on this machine o
 embedding, on a Ray cluster's actor pool (:class:`ClipEmbedder`).
 """
 
+import functools
 import json
 import os
 import platform
@@ -24,6 +25,7 @@ from agf.models.data import PatchReader
 from agf.models.factors import CNN_TARGETS
 from agf.progress import say
 from agf.store import Store, fixed_vectors, now_utc
+from agf.store.paths import replace_text
 from agf.store.registry import latest_model, load_checkpoint, load_weights
 
 
@@ -85,6 +87,7 @@ def precision_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "agf" / "precision.json"
 
 
+@functools.lru_cache(maxsize=8)  # asked on every batch of clips: /proc/cpuinfo once
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -125,9 +128,7 @@ def _read_json(path: Path) -> dict:
 def _write_json(path: Path, content: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(content, indent=2, sort_keys=True))
-        os.replace(tmp, path)
+        replace_text(path, json.dumps(content, indent=2, sort_keys=True))
     except OSError:
         pass  # a read-only home: measured again next time
 

@@ -3,6 +3,7 @@
 import copy
 import io
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -128,12 +129,14 @@ CALIBRATION_FOLDS = 4
 WEIGHT_DECAYS = (1e-5, 1e-3, 1e-2, 3e-2, 1e-1)
 
 
-def _artist_folds(artists: list[int], seed: int) -> np.ndarray:
-    """Each track's fold, ``CALIBRATION_FOLDS`` folds of whole artists."""
+def _held_out_folds(artists: list[int], seed: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """Each fold's mask of held-out tracks (n_tracks,): ``CALIBRATION_FOLDS`` folds of whole artists."""
     order = sorted(set(artists))
     np.random.default_rng(seed).shuffle(order)
     fold_of = {a: i % CALIBRATION_FOLDS for i, a in enumerate(order)}
-    return np.array([fold_of[a] for a in artists])
+    folds = np.array([fold_of[a] for a in artists])
+    for k in range(min(CALIBRATION_FOLDS, len(order))):
+        yield torch.from_numpy(folds == k).to(device)
 
 
 def _chosen_weight_decay(x: torch.Tensor, y: torch.Tensor, artists: list[int], n_classes: int, params: TransferParams,
@@ -141,14 +144,11 @@ def _chosen_weight_decay(x: torch.Tensor, y: torch.Tensor, artists: list[int], n
     """``params`` with the weight decay of :data:`WEIGHT_DECAYS` whose MLPs, each trained on three
     folds of artists and stopped early on the fourth, reach the lowest mean loss on artists they
     never trained on; and that loss for each."""
-    folds = _artist_folds(artists, params.seed)
     losses = {}
     for weight_decay in WEIGHT_DECAYS:
         trial = replace(params, weight_decay=weight_decay)
-        held_out = []
-        for k in range(min(CALIBRATION_FOLDS, len(set(artists)))):
-            held = torch.from_numpy(folds == k).to(device)
-            held_out.append(_fit_mlp(x[~held], y[~held], n_classes, trial, params.epochs, device, (x[held], y[held]))[1])
+        held_out = [_fit_mlp(x[~held], y[~held], n_classes, trial, params.epochs, device, (x[held], y[held]))[1]
+                    for held in _held_out_folds(artists, params.seed, device)]
         losses[weight_decay] = float(np.mean(held_out))
     return replace(params, weight_decay=min(losses, key=losses.get)), losses
 
@@ -164,13 +164,10 @@ def _cross_validated_temperature(x: torch.Tensor, y: torch.Tensor, artists: list
     as the final one was (for its best number of epochs) on the other folds' artists, predict
     the artists they never saw. The validation split alone, which early stopping already chose
     the epoch on, makes the MLP look surer of unseen artists than it is (docs/METHOD.md)."""
-    folds = _artist_folds(artists, params.seed)
-    order = sorted(set(artists))
     out_of_fold = np.zeros((len(artists), n_classes), np.float32)
-    for k in range(min(CALIBRATION_FOLDS, len(order))):
-        held = torch.from_numpy(folds == k).to(device)
+    for held in _held_out_folds(artists, params.seed, device):
         fold_model, *_ = _fit_mlp(x[~held], y[~held], n_classes, params, max(1, epochs), device)
-        out_of_fold[(folds == k)] = _predict(fold_model, x[held])
+        out_of_fold[held.cpu().numpy()] = _predict(fold_model, x[held])
     return fit_temperature(out_of_fold, y.cpu().numpy())
 
 

@@ -6,6 +6,7 @@ FIFO that blocks a reader forever. Every such path goes through :func:`inside` b
 files are read through :func:`open_regular`, which refuses anything but a regular file.
 """
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -60,6 +61,27 @@ def open_regular(path: Path):
     # From here the file object alone owns the descriptor: never closed twice, even when a signal
     # handler's exception lands between two lines (a second close could hit a reused number).
     return os.fdopen(fd, "rb")
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Make ``text`` the content of ``path`` all at once: written beside it, then renamed over it,
+    so a reader sees the old file or the new, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The hex sha256 of a regular file's bytes, read in blocks (a FIFO or a device is refused:
+    it would block or never end)."""
+    digest = hashlib.sha256()
+    with open_regular(Path(path)) as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_store_file(root: Path, relative: str | os.PathLike, what: str) -> bytes:

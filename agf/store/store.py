@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from agf.version import __version__
 from agf.errors import AgfError
 from agf.store.parts import COMMIT_LOCK, DEFAULT_WAIT, Transaction, commit_lock, finish_commits, recover
-from agf.store.paths import inside, open_regular
+from agf.store.paths import inside, open_regular, replace_text
 from agf.store.schemas import SCHEMAS, VECTOR_COLUMNS, conform
 
 if TYPE_CHECKING:  # duckdb and pyarrow.dataset load when a query runs: a search needs neither
@@ -187,10 +187,7 @@ class Store:
 
     def close(self) -> None:
         """Release the writer lock, and this thread's query connection."""
-        held = getattr(self._connections, "held", None)
-        if held is not None and held[0][0] == os.getpid():
-            held[1].close()
-        self._connections.held = None
+        self._release_connection()
         if self._lock_fd is not None:
             _HELD_LOCKS.discard(self._lock_fd)
             os.close(self._lock_fd)
@@ -204,9 +201,7 @@ class Store:
 
     def save_config(self) -> None:
         """Write ``store.json`` from :attr:`config` (a temporary file, then renamed)."""
-        tmp = self.root / "store.json.tmp"
-        tmp.write_text(json.dumps(self.config, indent=2, sort_keys=True))
-        os.replace(tmp, self.root / "store.json")
+        replace_text(self.root / "store.json", json.dumps(self.config, indent=2, sort_keys=True))
 
     # -- layout ---------------------------------------------------------------------------------
 
@@ -268,6 +263,9 @@ class Store:
         txn = Transaction(self.root, txn_id=f"{time.time_ns():016x}", wait=self.wait)
         try:
             for name, conditions in changes.deletions.items():
+                predicate, params = _predicate(conditions)
+                if not self.query(f"SELECT count(*) AS n FROM {name} WHERE {predicate}", params)["n"][0].as_py():
+                    continue  # e.g. tagging new files: nothing to replace, no part to read
                 for part in self.parts(name):
                     self._delete_rows(txn, name, part, conditions)
             for name, rows in changes.replaced.items():
@@ -383,10 +381,15 @@ class Store:
         key = (os.getpid(), tuple(str(p) for parts in listing.values() for p in parts))
         held = getattr(self._connections, "held", None)
         if held is None or held[0] != key:
-            if held is not None and held[0][0] == os.getpid():
-                held[1].close()
+            self._release_connection()
             self._connections.held = (key, self.connect(listing))
         return self._connections.held[1]
+
+    def _release_connection(self) -> None:
+        held = getattr(self._connections, "held", None)
+        if held is not None and held[0][0] == os.getpid():  # a parent's, inherited over a fork, is not ours to close
+            held[1].close()
+        self._connections.held = None
 
     def query(self, sql: str, params: list | None = None) -> pa.Table:
         """Run agf's own ``sql`` (with bound ``params``) over the store's views: an Arrow table."""
@@ -554,17 +557,22 @@ def _known(table: str) -> str:
     return table
 
 
+def _predicate(conditions: list[tuple[str, list]]) -> tuple[str, list]:
+    """One predicate true where any of ``conditions`` is (a NULL outcome is no match), and its parameters."""
+    return (f"(({' OR '.join(f'({where})' for where, _ in conditions)}) IS TRUE)",
+            [p for _, params in conditions for p in params])
+
+
 def _matching(rows: pa.Table, conditions: list[tuple[str, list]]) -> pa.BooleanArray:
-    """Which of ``rows`` any condition matches (a NULL outcome is no match), in their order."""
+    """Which of ``rows`` any condition matches, in their order."""
     import duckdb
 
-    predicate = " OR ".join(f"({where})" for where, _ in conditions)
+    predicate, params = _predicate(conditions)
     con = duckdb.connect(":memory:")
     try:
         con.register("part_rows", rows)
         con.execute(SANDBOX_SQL)
-        matched = con.sql(f"SELECT (({predicate}) IS TRUE) AS gone FROM part_rows",
-                          params=[p for _, params in conditions for p in params] or None).to_arrow_table()
+        matched = con.sql(f"SELECT {predicate} AS gone FROM part_rows", params=params or None).to_arrow_table()
     finally:
         con.close()
     return matched["gone"].combine_chunks()
