@@ -142,3 +142,8 @@ def test_the_vectorised_lda_fits_what_scikit_learn_fits(artists, method):
     assert ours.learning_method == method
     np.testing.assert_allclose(ours.components_, reference.components_, rtol=1e-4, atol=1e-4 * reference.components_.max())
     np.testing.assert_allclose(ours.transform(bags[:100]), reference.transform(bags[:100]), atol=1e-3)
+    # the perplexity too, with the same fitted topics: scikit-learn's float32 rounding apart
+    reference.components_, reference.exp_dirichlet_component_ = ours.components_, ours.exp_dirichlet_component_
+    assert ours.perplexity(bags) == pytest.approx(reference.perplexity(bags), rel=1e-5)
+    _, perplexity = ours.factors_and_perplexity(bags, slice(0, artists // 2))
+    assert perplexity == pytest.approx(reference.perplexity(bags[: artists // 2]), rel=1e-5)

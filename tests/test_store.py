@@ -165,3 +165,32 @@ def test_compaction_keeps_content_identical(tmp_path_factory, batches):
     store.compact()
     assert len(store.parts("artists")) == 1
     assert store.query("SELECT * FROM artists").to_pylist() == before
+
+
+@given(rows=st.integers(1, 40), bins=st.integers(1, 20), seed=st.integers(0, 2**16))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_frames_read_whole_equal_frames_memory_mapped(tmp_path, rows, bins, seed):
+    from agf.store import FrameCache
+
+    cache = FrameCache(tmp_path, "mfcc")
+    cache.write(seed, np.random.default_rng(seed).normal(size=(rows, bins)) * 100)
+    loaded = cache.load(seed)
+    assert loaded.dtype == np.float16 and loaded.shape == (rows, bins)
+    np.testing.assert_array_equal(loaded, cache.read(seed))
+
+
+def test_a_frame_file_agf_did_not_write_is_read_by_numpy_and_a_damaged_one_is_one_line(tmp_path):
+    import os
+
+    from agf.store import FrameCache
+
+    cache = FrameCache(tmp_path, "mfcc")
+    cache.write(1, np.ones((3, 2)))
+    np.save(cache.path(2), np.arange(6, dtype=np.float32).reshape(3, 2))  # another dtype: numpy's reader
+    np.testing.assert_array_equal(cache.load(2), np.arange(6).reshape(3, 2))
+    cache.path(3).write_bytes(cache.path(1).read_bytes()[:-3])  # cut short
+    with pytest.raises(AgfError, match="frames of track 3 are damaged .* run `agf check`"):
+        cache.load(3)
+    os.mkfifo(cache.path(4))  # would block a reader: refused before it is opened
+    with pytest.raises(AgfError, match="is not a regular file: refused"):
+        cache.load(4)

@@ -90,9 +90,9 @@ class TrackPoints(Sequence):
     def __getitem__(self, i: int):
         track_id = self.tracks[i]["track_id"]
         if self.source == "mfcc":
-            return np.asarray(self.cache.read(track_id), dtype=np.float32)
+            return self.cache.load(track_id).astype(np.float32)
         if self.source == "dmfcc":
-            return np.diff(np.asarray(self.cache.read(track_id), dtype=np.float32), axis=0)
+            return np.diff(self.cache.load(track_id).astype(np.float32), axis=0)
         if self.source == "tags":
             return _words(self.tracks[i], self.free_tags)
         return self.vectors[track_id][None, :]
