@@ -11,6 +11,7 @@ from agf.ingest.features import (
     FMA_COLUMNS,
     Spectra,
     dmfcc_vector,
+    estimate_tuning,
     fma_features_reference,
     fma_vector,
     mfcc_frames,
@@ -41,6 +42,19 @@ def test_shared_transforms_give_the_same_518_features_as_one_transform_per_featu
     rng = np.random.default_rng(0)
     y = a440() + 0.05 * rng.standard_normal(5 * SR).astype(np.float32)
     np.testing.assert_allclose(fma_vector(Spectra(y, SR)), fma_features_reference(y, SR), rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), sr=st.sampled_from([8000, 22050, 44100, 48000]), power=st.booleans(),
+       frames=st.integers(1, 60))
+def test_the_tuning_estimate_is_librosas_to_the_bit(seed, sr, power, frames):
+    import librosa
+
+    rng = np.random.default_rng(seed)
+    tones = a440(2.0)[: sr // 2] * rng.uniform(0.1, 1) + rng.normal(0, rng.uniform(1e-4, 0.1), sr // 2).astype(np.float32)
+    S = np.abs(librosa.stft(tones * np.float32(rng.uniform(0.5, 2)), n_fft=2048, hop_length=512))[:, :frames]
+    S = S**2 if power else S
+    assert estimate_tuning(S, sr=sr, bins_per_octave=12) == librosa.estimate_tuning(S=S, sr=sr, bins_per_octave=12)
 
 
 def test_an_a440_sine_reads_as_a440():
