@@ -1,6 +1,7 @@
 """Artist Group Factors on real audio: build, the soundtrack figure, update, show, determinism."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -147,3 +148,29 @@ def test_the_vectorised_lda_fits_what_scikit_learn_fits(artists, method):
     assert ours.perplexity(bags) == pytest.approx(reference.perplexity(bags), rel=1e-5)
     _, perplexity = ours.factors_and_perplexity(bags, slice(0, artists // 2))
     assert perplexity == pytest.approx(reference.perplexity(bags[: artists // 2]), rel=1e-5)
+
+
+def test_a_shared_dominant_topic_is_a_collapse_only_where_the_artists_words_differ():
+    from scipy import sparse
+
+    from agf.models.group_factors import diagnostics
+
+    rng = np.random.default_rng(0)
+    one_topic = np.tile([0.9, 0.05, 0.05], (8, 1)) + rng.uniform(0, 0.01, (8, 3))
+    different_words = sparse.csr_matrix(rng.poisson(3, (8, 20)).astype(np.float32))
+    same_words = sparse.csr_matrix(np.tile(different_words[:1].toarray(), (8, 1)))
+    assert diagnostics(one_topic, different_words)["collapsed"]
+    assert diagnostics(one_topic)["collapsed"]  # nothing known of the words: the topics alone decide
+    checks = diagnostics(one_topic, same_words)
+    assert not checks["collapsed"] and checks["same_words_share"] == 1.0 and checks["largest_topic_share"] == 1.0
+
+
+def test_game_music_artists_sharing_one_genre_share_their_tags_factors_without_a_warning(game_store, tmp_path, cli):
+    root = tmp_path / "s"
+    shutil.copytree(game_store, root)
+    out = cli("factors", "build", "--source", "tags", "--json", "--store", root)
+    assert out.exit_code == 0, out.output
+    summary = json.loads(out.stdout)[0]
+    assert summary["same_words_share"] == 0.625  # 10 of the 16 artists with a genre have only genre 1
+    assert not summary["collapsed"] and "warning" not in out.stderr
+    assert re.search(r"note: \d+% of artists share one dominant tags topic, as 62% have the very same words", out.stderr)

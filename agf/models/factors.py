@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from agf.errors import AgfError
-from agf.models.group_factors import ArtistGroupFactors, Dictionary, Words, artist_bags, diagnostics
+from agf.models.group_factors import COLLAPSE_SHARE, ArtistGroupFactors, Dictionary, Words, artist_bags, diagnostics
 from agf.progress import say
 from agf.store import FrameCache, Store, fixed_vectors
 from agf.store.registry import flatten_state, latest_model, load_arrays, save_arrays, unflatten_state
@@ -168,7 +168,7 @@ def _build_source(store: Store, source: str, tracks: list[dict], params: FactorP
     estimator = params.estimator(source, verbose=not quiet)
     estimator.fit(points, points.artists)
     seconds = time.perf_counter() - started
-    checks = diagnostics(estimator.factors_)
+    checks = diagnostics(estimator.factors_, estimator.bags_)
     size = estimator.dictionary_.size
     summary = {
         "source": source, "clusters": size if source != "tags" else None, "words": size,
@@ -180,6 +180,9 @@ def _build_source(store: Store, source: str, tracks: list[dict], params: FactorP
         say(f"warning: the {source} factors have collapsed: {checks['largest_topic_share']:.0%} of artists share one "
             f"dominant topic ({checks['dominant_topics']} distinct); fewer --clusters or --topics, or more artists, "
             f"may help", quiet)
+    elif checks["largest_topic_share"] > COLLAPSE_SHARE:
+        say(f"note: {checks['largest_topic_share']:.0%} of artists share one dominant {source} topic, as "
+            f"{checks['same_words_share']:.0%} have the very same words: their factors are alike by right", quiet)
     model_id = save_arrays(store, KIND, source, flatten_state({"dictionary": estimator.dictionary_, "lda": estimator.lda_}),
                            {**asdict(params), "clusters_used": size},
                            {k: summary[k] for k in ("perplexity", "artists_fit", "artists", "tracks", "seconds")})

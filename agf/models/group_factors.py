@@ -21,6 +21,7 @@ corpus); ``dictionary_.size`` is the value used.
 """
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -307,29 +308,45 @@ def fit_lda(bags: sparse.csr_matrix, topics: int, passes: int, seed: int, label:
     return lda
 
 
-def diagnostics(factors: np.ndarray) -> dict:
+def diagnostics(factors: np.ndarray, bags: sparse.csr_matrix | None = None) -> dict:
     """How well factors tell artists apart.
 
     Parameters
     ----------
     factors : np.ndarray, shape (n_artists, n_topics)
         Each row a topic mixture.
+    bags : scipy.sparse.csr_matrix, shape (n_artists, n_words), optional
+        The artists' bags-of-words the factors were made of: artists whose words are the same
+        have the same factors by right, which is not a collapse.
 
     Returns
     -------
     dict
         ``dominant_topics`` (distinct strongest topics over the artists), ``largest_topic_share``
         (the share of artists whose strongest topic is the most common one),
-        ``near_identical_pairs`` (artist pairs with cosine above 0.9999) and ``collapsed``
-        (more than half the artists, of at least 4, share one dominant topic).
+        ``near_identical_pairs`` (artist pairs with cosine above 0.9999), ``same_words_share``
+        (the share of artists in the largest group with identical bags, 0 without ``bags``) and
+        ``collapsed``: more than half the artists, of at least 4, share one dominant topic, more
+        of them than share the same words.
     """
     n = len(factors)
     if n == 0:
-        return {"dominant_topics": 0, "largest_topic_share": 0.0, "near_identical_pairs": 0, "collapsed": False}
+        return {"dominant_topics": 0, "largest_topic_share": 0.0, "near_identical_pairs": 0, "same_words_share": 0.0,
+                "collapsed": False}
     dominant = np.argmax(factors, axis=1)
     share = float(np.bincount(dominant).max() / n)
     unit = factors / np.maximum(np.linalg.norm(factors, axis=1, keepdims=True), 1e-12)
     near = sum(int((np.triu(unit[rows] @ unit.T, k=1 + rows.start) > 0.9999).sum())  # (rows, n) at a time, not n x n
                for rows in (slice(start, min(n, start + 1024)) for start in range(0, n, 1024)))
+    same = _largest_identical_share(bags) if bags is not None and bags.shape[0] else 0.0
     return {"dominant_topics": int(len(np.unique(dominant))), "largest_topic_share": round(share, 3),
-            "near_identical_pairs": near, "collapsed": bool(n >= 4 and share > COLLAPSE_SHARE)}
+            "near_identical_pairs": near, "same_words_share": round(same, 3),
+            "collapsed": bool(n >= 4 and share > COLLAPSE_SHARE and share > same)}
+
+
+def _largest_identical_share(bags: sparse.csr_matrix) -> float:
+    """The share of rows in the largest group of identical rows of ``bags``."""
+    bags = sparse.csr_matrix(bags)
+    bags.sort_indices()
+    groups = Counter((bags.indices[a:b].tobytes(), bags.data[a:b].tobytes()) for a, b in zip(bags.indptr[:-1], bags.indptr[1:]))
+    return max(groups.values()) / bags.shape[0]
