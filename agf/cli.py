@@ -224,7 +224,7 @@ def ingest(
     map_: Annotated[list[str] | None, typer.Option("--map", help="Manifest COLUMN=FIELD renames, repeatable.")] = None,
     subset: Annotated[str | None, typer.Option(help="FMA subset to keep: small, medium or large.")] = None,
     features: Annotated[str | None, typer.Option(help="Feature sets, comma-separated: mfcc,dmfcc,fma,essentia.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes (default: every core).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: every core this process may use).")] = None,
     force: Annotated[bool, typer.Option(help="Recompute files whose audio is already stored.")] = False,
     part_size: Annotated[int, typer.Option(help="Files per committed part: an interruption loses at most one part.")] = 64,
     file_timeout: Annotated[float, typer.Option(help="Seconds one file may take to decode and featurise before it becomes an error row (0: no limit).")] = 300.0,
@@ -557,7 +557,7 @@ def tag(
     undo: Annotated[bool, typer.Option("--undo", help="Put back the genre tags agf wrote (to PATHs only, if given) as they were.")] = False,
     since: Annotated[str | None, typer.Option(help="With --undo: only what agf wrote since this time (2026-11-27T16:00, UTC).")] = None,
     m3u: Annotated[Path | None, typer.Option(help="Also write the tagged files to this playlist (extended M3U), grouped by genre.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Ingest worker processes (default: every core).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Ingest worker processes (default: every core this process may use).")] = None,
     chunk_size: Annotated[int, typer.Option(help="Files ingested, embedded, classified and committed together.")] = 256,
     device: Device = "auto",
     precision: Precision = "auto",
@@ -630,7 +630,7 @@ def serve(
 def demo(
     corpus: Annotated[Path | None, typer.Option(help="Where the demo corpus is written (default: ~/.local/share/agf/demo/corpus).")] = None,
     quick: Annotated[bool, typer.Option(help="A smaller corpus and shorter training: under 2 minutes.")] = False,
-    workers: Annotated[int | None, typer.Option(help="Worker processes (default: every core).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: every core this process may use).")] = None,
     store: Annotated[Path | None, typer.Option("--store", help="The demo's store (default: ~/.local/share/agf/demo/store; AGF_STORE is not used, so a demo never writes into your own store).")] = None,
     quiet: Quiet = False,
 ):

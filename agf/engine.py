@@ -46,6 +46,14 @@ class Engine:
 LOCAL = Engine()
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the OS tells it (a container or
+    ``taskset`` may allow fewer than the machine has), else the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 def connect(engine: Engine):
     """The ``ray`` module, connected to the engine's cluster."""
     try:
@@ -98,7 +106,7 @@ def map_tasks(engine: Engine, fn, items: list, *, shared: dict | None = None, wo
     if engine.is_ray:
         yield from _ray_map(engine, fn, items, shared or {}, setup, batch_size)
         return
-    yield from _local_map(fn, items, shared or {}, workers or os.cpu_count() or 1, setup)
+    yield from _local_map(fn, items, shared or {}, workers or usable_cores(), setup)
 
 
 def _local_map(fn, items: list, shared: dict, workers: int, setup) -> Iterator:

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -305,3 +306,9 @@ def test_decoder_complaints_stay_off_the_terminal_and_are_counted_and_kept(game_
         kept = store.query("SELECT stage, error FROM ingest_errors ORDER BY path").to_pylist()
     assert [k["stage"] for k in kept] == ["decode warning"] * 2
     assert "Xing stream size" in kept[0]["error"] and "libmpg123" in kept[1]["error"]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")
+def test_a_process_allowed_one_core_counts_one_core_not_the_machines():
+    code = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); from agf.engine import usable_cores; print(usable_cores())"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "1"

@@ -66,7 +66,7 @@ def statistics(frames: np.ndarray) -> np.ndarray:
 
 
 def estimate_tuning(S: np.ndarray, *, sr: float, bins_per_octave: int = 12) -> float:
-    """``librosa.estimate_tuning(S=S, sr=sr, bins_per_octave=...)``, to the bit, in a third of the time.
+    """``librosa.estimate_tuning(S=S, sr=sr, bins_per_octave=...)``, to the bit, several times faster.
 
     librosa's pitch tracker works on every row of ``S``, then keeps the local maxima between
     150 and 4,000 Hz. Only those rows and their two neighbours decide anything (each step looks
@@ -89,8 +89,8 @@ def estimate_tuning(S: np.ndarray, *, sr: float, bins_per_octave: int = 12) -> f
     """
     S = np.abs(S)
     n_fft = 2 * (S.shape[0] - 1)
-    rows = np.flatnonzero((librosa.fft_frequencies(sr=sr, n_fft=n_fft) >= 150.0)
-                          & (librosa.fft_frequencies(sr=sr, n_fft=n_fft) < min(4000.0, sr / 2)))
+    frequencies = librosa.fft_frequencies(sr=sr, n_fft=n_fft)
+    rows = np.flatnonzero((frequencies >= 150.0) & (frequencies < min(4000.0, sr / 2)))
     if S.dtype != np.float32 or not len(rows) or rows[0] < 1 or rows[-1] + 1 >= len(S):
         return float(librosa.estimate_tuning(S=S, sr=sr, bins_per_octave=bins_per_octave))
     above = S * (S > 0.1 * S.max(axis=0))  # piptrack's threshold: a tenth of each frame's peak

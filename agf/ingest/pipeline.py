@@ -7,7 +7,6 @@ audio sha256 is stored are skipped).
 """
 
 import contextlib
-import os
 import signal
 import threading
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from agf.engine import LOCAL, Engine, connect, map_tasks
+from agf.engine import LOCAL, Engine, connect, map_tasks, usable_cores
 from agf.ingest.audio import AudioError, decode_clip, decoder_messages, resample
 from agf.ingest.compiled import compile_lock
 from agf.ingest.features import DEFAULT_FEATURES, FRAME_EXTRACTORS, VECTOR_EXTRACTORS, Spectra
@@ -320,7 +319,7 @@ def ingest(
         connect(engine)  # before any work: an unreachable cluster is an error, not a stall
     started = time.perf_counter()
     summary = IngestSummary()
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cores()
     stored = store.query("SELECT source_id, audio_sha256, track_id FROM tracks").to_pylist()
     known = {r["audio_sha256"]: r["track_id"] for r in stored if r["audio_sha256"]}
     # a file agf wrote genre tags into is the track it was, under its new sha256

@@ -20,7 +20,6 @@ K is lowered to a quarter of the points when there are fewer than 4 K points (a 
 corpus); ``dictionary_.size`` is the value used.
 """
 
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
+from agf.engine import usable_cores
 from agf.errors import AgfError
 from agf.progress import progress_bar, say
 
@@ -286,7 +286,7 @@ def make_lda(topics: int, n_artists: int, passes: int, seed: int):
 
     large = n_artists > 4096
     return VectorisedLDA(n_components=topics, learning_method="online" if large else "batch", max_iter=passes,
-                         batch_size=512, random_state=seed, n_jobs=os.cpu_count() if large else None)
+                         batch_size=512, random_state=seed, n_jobs=usable_cores() if large else None)
 
 
 def fit_lda(bags: sparse.csr_matrix, topics: int, passes: int, seed: int, label: str = "lda", verbose: bool = False):

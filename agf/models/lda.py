@@ -1,7 +1,6 @@
 """LDA for the factors: scikit-learn's, with its E-step run over many documents at once."""
 
 import copy
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -11,6 +10,8 @@ from scipy.special import psi
 from sklearn.decomposition import LatentDirichletAllocation
 from sklearn.utils import gen_even_slices
 from threadpoolctl import ThreadpoolController
+
+from agf.engine import usable_cores
 
 _BLAS = ThreadpoolController()
 
@@ -56,7 +57,7 @@ class VectorisedLDA(LatentDirichletAllocation):
         topic_words = self.exp_dirichlet_component_.astype(X.dtype, copy=False)
         # Documents are independent: each thread iterates its own share, its BLAS on one core,
         # so that the element-wise work runs on every core too (as scikit-learn's n_jobs does).
-        threads = min(os.cpu_count() or 1, max(1, n_docs // self.TILE))
+        threads = min(usable_cores(), max(1, n_docs // self.TILE))
         shares = [rows for share in gen_even_slices(n_docs, threads)
                   for rows in (slice(start, min(share.stop, start + self.ROWS))
                                for start in range(share.start, share.stop, self.ROWS))]

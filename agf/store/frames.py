@@ -21,6 +21,7 @@ from agf.store.paths import inside
 _NPY_HEADER = re.compile(rb"\x93NUMPY\x01\x00..\{'descr': '<f2', 'fortran_order': False, 'shape': \((\d+), (\d+)\), \} *\n",
                          re.DOTALL)
 
+
 class FrameCache:
     """Per-track frame matrices of one kind (``logmel`` or ``mfcc``) under ``root``.
 
