@@ -12,6 +12,8 @@ from agf.ingest.features import (
     Spectra,
     dmfcc_vector,
     estimate_tuning,
+    spectral_rolloff,
+    zero_crossing_rate,
     fma_features_reference,
     fma_vector,
     mfcc_frames,
@@ -55,6 +57,31 @@ def test_the_tuning_estimate_is_librosas_to_the_bit(seed, sr, power, frames):
     S = np.abs(librosa.stft(tones * np.float32(rng.uniform(0.5, 2)), n_fft=2048, hop_length=512))[:, :frames]
     S = S**2 if power else S
     assert estimate_tuning(S, sr=sr, bins_per_octave=12) == librosa.estimate_tuning(S=S, sr=sr, bins_per_octave=12)
+
+
+@pytest.mark.filterwarnings("ignore:n_fft=2048 is too large")  # short clips are part of the input space
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), seconds=st.floats(0.05, 2.0), silence=st.floats(0, 0.9),
+       sr=st.sampled_from([8000, 22050, 44100]))
+def test_fmas_spectral_features_computed_faster_are_librosas_to_the_bit(seed, seconds, silence, sr):
+    import librosa
+
+    from agf.ingest.features import _centroid_and_bandwidth
+
+    rng = np.random.default_rng(seed)
+    y = (a440(2.0)[: int(seconds * SR)] + rng.normal(0, 0.1, int(seconds * SR))).astype(np.float32)
+    y[: int(silence * len(y))] = 0.0  # digital silence: zeros, and samples within the threshold of zero
+    y[rng.integers(0, len(y), 8)] = rng.choice([1e-11, -1e-11, -0.0], 8).astype(np.float32)
+    S = np.abs(librosa.stft(y, n_fft=2048, hop_length=512))
+    pairs = [(spectral_rolloff(S, sr=sr), librosa.feature.spectral_rolloff(S=S, sr=sr)),
+             (zero_crossing_rate(y), librosa.feature.zero_crossing_rate(y, frame_length=2048, hop_length=512))]
+    centroid, bandwidth = _centroid_and_bandwidth(S, sr)
+    reference_centroid = librosa.feature.spectral_centroid(S=S, sr=sr)
+    pairs += [(centroid, reference_centroid),
+              (bandwidth, librosa.feature.spectral_bandwidth(S=S, sr=sr, centroid=reference_centroid))]
+    for ours, theirs in pairs:
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+        np.testing.assert_array_equal(ours, theirs)
 
 
 def test_an_a440_sine_reads_as_a440():

@@ -188,10 +188,49 @@ def dmfcc_vector(spectra: Spectra, logmel: dict) -> np.ndarray:
 FMA_SPECTRAL_SR = 22050
 
 
+def spectral_rolloff(S: np.ndarray, *, sr: float, roll_percent: float = 0.85) -> np.ndarray:
+    """``librosa.feature.spectral_rolloff(S=S, sr=sr)``, to the bit: (1, n_frames) Hz, float64.
+
+    The lowest bin frequency whose cumulative energy reaches ``roll_percent`` of the frame's,
+    found with one ``argmax`` where librosa takes the NaN-aware minimum of a full float64 matrix.
+    ``S`` (1 + n_fft // 2, n_frames) must be non-negative.
+    """
+    total = np.cumsum(S, axis=-2)
+    reached = total >= roll_percent * total[-1:]
+    return librosa.fft_frequencies(sr=sr, n_fft=2 * (len(S) - 1))[np.argmax(reached, axis=0)][None, :]
+
+
+def zero_crossing_rate(y: np.ndarray, *, frame_length: int = 2048, hop_length: int = 512,
+                       threshold: float = 1e-10) -> np.ndarray:
+    """``librosa.feature.zero_crossing_rate(y, frame_length=..., hop_length=...)``, to the bit:
+    (1, n_frames), float64.
+
+    librosa frames the edge-padded signal and counts sign changes inside every frame; here the
+    changes are counted once along the signal and each frame's count is a difference of their
+    running sum. Samples within ``threshold`` of zero count as zero (positive), as librosa's do.
+    """
+    padded = np.pad(y, frame_length // 2, mode="edge")
+    negative = np.signbit(np.where(np.abs(padded) <= np.float64(threshold), 0.0, padded))
+    changes = np.concatenate([[0], np.cumsum(negative[1:] != negative[:-1])])
+    starts = np.arange(1 + (len(padded) - frame_length) // hop_length) * hop_length
+    # a frame's crossings are those between its first and its last sample
+    return ((changes[starts + frame_length - 1] - changes[starts]) / frame_length)[None, :]
+
+
+def _centroid_and_bandwidth(S: np.ndarray, sr: float) -> tuple[np.ndarray, np.ndarray]:
+    """librosa's spectral centroid and bandwidth (p = 2) of magnitudes ``S``, to the bit, from
+    one normalisation of ``S`` where librosa makes one for each."""
+    frequencies = librosa.fft_frequencies(sr=sr, n_fft=2 * (len(S) - 1))
+    normalised = librosa.util.normalize(S, norm=1, axis=-2)
+    centroid = np.sum(frequencies[:, None] * normalised, axis=-2, keepdims=True)
+    deviation = np.abs(np.subtract.outer(centroid[0], frequencies).swapaxes(-2, -1))
+    return centroid, np.sum(normalised * deviation**2, axis=-2, keepdims=True) ** (1.0 / 2)
+
+
 def _fma_matrices(y: np.ndarray, sr: int, stft: np.ndarray, cqt: np.ndarray) -> dict[str, np.ndarray]:
     chroma_cens = librosa.feature.chroma_cens(C=cqt, sr=sr, n_chroma=12, n_octaves=7, bins_per_octave=12)
     mel = librosa.feature.melspectrogram(sr=sr, S=stft**2)
-    centroid = librosa.feature.spectral_centroid(S=stft, sr=FMA_SPECTRAL_SR)
+    centroid, bandwidth = _centroid_and_bandwidth(stft, FMA_SPECTRAL_SR)
     return {
         "chroma_cens": chroma_cens,
         "chroma_cqt": librosa.feature.chroma_cqt(C=cqt, sr=sr, n_chroma=12, n_octaves=7, bins_per_octave=12),
@@ -199,12 +238,12 @@ def _fma_matrices(y: np.ndarray, sr: int, stft: np.ndarray, cqt: np.ndarray) -> 
                                                    tuning=estimate_tuning(stft**2, sr=FMA_SPECTRAL_SR)),
         "mfcc": librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=20),
         "rmse": librosa.feature.rms(S=stft),
-        "spectral_bandwidth": librosa.feature.spectral_bandwidth(S=stft, sr=FMA_SPECTRAL_SR, centroid=centroid),
+        "spectral_bandwidth": bandwidth,
         "spectral_centroid": centroid,
         "spectral_contrast": librosa.feature.spectral_contrast(S=stft, sr=FMA_SPECTRAL_SR, n_bands=6),
-        "spectral_rolloff": librosa.feature.spectral_rolloff(S=stft, sr=FMA_SPECTRAL_SR),
+        "spectral_rolloff": spectral_rolloff(stft, sr=FMA_SPECTRAL_SR),
         "tonnetz": librosa.feature.tonnetz(chroma=chroma_cens, sr=sr),
-        "zcr": librosa.feature.zero_crossing_rate(y, frame_length=2048, hop_length=512),
+        "zcr": zero_crossing_rate(y, frame_length=2048, hop_length=512),
     }
 
 
