@@ -90,7 +90,8 @@ def main() -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        threading.Thread(target=server.run, daemon=True).start()
+        serving = threading.Thread(target=server.run, daemon=True)
+        serving.start()
         while not server.started:
             time.sleep(0.05)
         asked = rng.integers(1, args.artists + 1, size=args.queries).tolist()
@@ -102,6 +103,8 @@ def main() -> None:
             api = percentiles(timed(lambda a: client.get("/api/similar", params={"artist_id": a, "k": 10, "space": "agf:tags"})
                                     .raise_for_status(), asked))
         server.should_exit = True
+        # joined, not left to die at exit: a thread cut off inside the app's native code aborts the process
+        serving.join(30)
         store = Store.open(Path(tmp) / "store")
         con = store.connect()
         sql = ("WITH q AS (SELECT vector FROM artist_vectors WHERE space = 'agf:tags' AND artist_id = ?) "
