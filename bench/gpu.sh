@@ -48,12 +48,17 @@ GAME=${AGF_GAME_MUSIC:-../shared/data/game-music}
 CLIPS=$(mktemp -d)
 i=0
 while [ "$i" -lt 1000 ]; do  # 1,000 files: the clips repeated under new names (distinct bytes: a tag suffix)
+  before=$i
   for f in "$GAME"/clips/*/*.mp3 "$GAME"/clips/*.mp3; do
     [ -f "$f" ] || continue
     [ "$i" -ge 1000 ] && break
     { cat "$f"; printf 'agf-gpu-%06d' "$i"; } > "$CLIPS/clip-$i.mp3"
     i=$((i + 1))
   done
+  if [ "$i" -eq "$before" ]; then  # a pass that found no clip would loop forever
+    echo "no MP3 clips under $GAME/clips: set AGF_GAME_MUSIC to the game-music folder" >&2
+    exit 1
+  fi
 done
 
 python bench/train.py --tracks 400 --json | tee "$OUT/train.txt" | tail -1 > "$OUT/train.json"

@@ -52,26 +52,21 @@ def train_transfer(store: Store, params: TransferParams, quiet: bool = False) ->
                        f"{MIN_TRAINING_TRACKS} tracks and 2 genres")
     device = pick_device(params.device)
     say(f"training transfer on {device} over {len(model_ids)} CNN embeddings: {len(train)} training tracks", quiet)
-    x_train = embedding_matrix(store, model_ids, [t["track_id"] for t in train])
-    mean, std = x_train.mean(axis=0), np.maximum(x_train.std(axis=0), 1e-6)
-
-    def inputs(rows):
-        return torch.from_numpy((embedding_matrix(store, model_ids, [t["track_id"] for t in rows]) - mean) / std).to(device)
-
-    def labels(rows):
-        return torch.tensor([classes.index(t["genre_top"]) for t in rows], device=device)
-
-    pool = train + [t for t in val if t not in train]  # every labelled track outside the test split
+    # every labelled track outside the test split, training tracks first; read once
+    pool = train if val is train else train + val
+    raw = embedding_matrix(store, model_ids, [t["track_id"] for t in pool])
+    mean, std = raw[: len(train)].mean(axis=0), np.maximum(raw[: len(train)].std(axis=0), 1e-6)
+    x_pool = torch.from_numpy((raw - mean) / std).to(device)
+    y_pool = torch.tensor([classes.index(t["genre_top"]) for t in pool], device=device)
+    artists = [t["artist_id"] for t in pool]
+    x_train, y_train = x_pool[: len(train)], y_pool[: len(train)]
+    xv, yv = (x_train, y_train) if val is train else (x_pool[len(train):], y_pool[len(train):])
     if params.weight_decay is None:
-        params, losses = _chosen_weight_decay(inputs(pool), labels(pool), [t["artist_id"] for t in pool], len(classes),
-                                              params, device)
+        params, losses = _chosen_weight_decay(x_pool, y_pool, artists, len(classes), params, device)
         say("transfer weight decay, chosen by artist-fold cross-validation: " + ", ".join(
             f"{wd:g} (loss {loss:.3f})" for wd, loss in losses.items()) + f" -> {params.weight_decay:g}", quiet)
-    xv, yv = inputs(val), labels(val)
-    model, best, epochs, best_epoch = _fit_mlp(inputs(train), labels(train), len(classes), params, params.epochs,
-                                               device, (xv, yv))
-    temperature = _cross_validated_temperature(inputs(pool), labels(pool), [t["artist_id"] for t in pool],
-                                               len(classes), params, best_epoch, device)
+    model, best, epochs, best_epoch = _fit_mlp(x_train, y_train, len(classes), params, params.epochs, device, (xv, yv))
+    temperature = _cross_validated_temperature(x_pool, y_pool, artists, len(classes), params, best_epoch, device)
     buffer = io.BytesIO()
     config = {"models": model_ids, "classes": classes, "hidden": model.hidden, "temperature": temperature}
     torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "config": config,

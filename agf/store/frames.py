@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from agf.errors import AgfError
-from agf.store.paths import inside
+from agf.store.paths import inside, open_regular
 
 #: The header ``np.save`` writes for a float16 matrix (format 1.0), which :meth:`FrameCache.load`
 #: parses itself: numpy's own parser compiles the header's text, longer than the read takes.
@@ -76,7 +76,7 @@ class FrameCache:
         """
         path = self._regular_file(track_id)
         try:
-            with open(path, "rb") as fh:
+            with open_regular(path) as fh:  # checked as it is opened: no FIFO swapped in after the check blocks it
                 data = fh.read()
         except OSError as exc:
             raise self._damaged(track_id, exc) from None
