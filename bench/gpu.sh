@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# The GPU, measured in one call: on a machine with CUDA, a fresh environment with the gpu extra
+# The GPU, measured in one call: on a machine with CUDA, an environment with the gpu extra
 # (faiss-gpu instead of faiss-cpu), then each figure beside the CPU's from the same run:
-#   - training one CNN epoch and embedding (bench/train.py),
 #   - tagging 1,000 clips end to end (bench/tag.py, the game-music clips repeated),
-#   - FAISS indexes of 1M tracks and 16,000 artists, built and searched (bench/similar.py),
+#   - training one CNN epoch and embedding (bench/train.py),
+#   - FAISS indexes of 1M tracks and 16,000 artists, built and searched (bench/similar.py), when
+#     faiss there has GPU support,
 #   - the tests marked gpu (CUDA and faiss-GPU paths against the CPU's).
-# Every figure also lands as JSON lines in $OUT (default ./gpu-figures) for the README.
+# Each step's log lands in $OUT (default ./gpu-figures), its last line the step's JSON figures.
+# A step that fails or runs past STEP_TIMEOUT seconds (default 300) is reported and the next runs.
+#
+# A machine without a package index (a lent GPU machine often has none) runs with AGF_WHEELS: a
+# folder of wheels for what its python lacks. They go into a private folder, and the python
+# there keeps its own torch, a CUDA build.
 #
 # Usage: bash bench/gpu.sh [--check]
 #   --check: only what runs without a GPU (CI runs it): the script's syntax, the benchmarks'
@@ -34,15 +40,31 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 mkdir -p "$OUT"
 
-# a fresh environment: torch as the machine provides it (CUDA), then agf with faiss-gpu
-"$PY" -m venv .venv-gpu
-. .venv-gpu/bin/activate
-pip install -q --upgrade pip
-pip install -q torch==2.13.0 || pip install -q torch
-pip install -q -e '.[test]'
-pip uninstall -q -y faiss-cpu
-pip install -q -e '.[gpu]'
-python -c 'import torch, faiss; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "faiss gpus", faiss.get_num_gpus())'
+if [[ -n "${AGF_WHEELS:-}" ]]; then
+  SITE=$(mktemp -d)
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$AGF_WHEELS"/*.whl
+  export PYTHONPATH="$SITE:$PWD"
+else  # a fresh environment: torch as the machine provides it (CUDA), then agf with faiss-gpu
+  "$PY" -m venv .venv-gpu
+  . .venv-gpu/bin/activate
+  PY=python
+  pip install -q --upgrade pip
+  pip install -q torch==2.13.0 || pip install -q torch
+  pip install -q -e '.[test]'
+  pip uninstall -q -y faiss-cpu
+  pip install -q -e '.[gpu]'
+fi
+"$PY" -c 'import torch, faiss; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0), "faiss", faiss.__version__, "gpus", faiss.get_num_gpus())' | tee "$OUT/env.txt"
+{ echo "cpus $(nproc): $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"; lscpu 2>/dev/null | grep -E '^(Thread|Core|Socket)'; } | tee -a "$OUT/env.txt"
+
+step() {  # step NAME COMMAND...: its output in $OUT/NAME.txt; a failure is reported, not fatal
+  local name=$1
+  shift
+  echo "== $name: $*"
+  if ! timeout "${STEP_TIMEOUT:-300}" "$@" 2>&1 | tee "$OUT/$name.txt"; then
+    echo "== $name FAILED or timed out: see $OUT/$name.txt"
+  fi
+}
 
 GAME=${AGF_GAME_MUSIC:-../shared/data/game-music}
 CLIPS=$(mktemp -d)
@@ -61,9 +83,13 @@ while [ "$i" -lt 1000 ]; do  # 1,000 files: the clips repeated under new names (
   fi
 done
 
-python bench/train.py --tracks 400 --json | tee "$OUT/train.txt" | tail -1 > "$OUT/train.json"
-AGF_TAG_FOLDER="$CLIPS" python bench/tag.py --files 1000 --baseline-files 16 --json | tee "$OUT/tag.txt" | tail -1 > "$OUT/tag.json"
-AGF_FAISS_CPU=1 python bench/similar.py --tracks 1000000 --artists 16000 --json | tee "$OUT/similar-cpu.txt" | tail -1 > "$OUT/similar-cpu.json"
-python bench/similar.py --tracks 1000000 --artists 16000 --json | tee "$OUT/similar.txt" | tail -1 > "$OUT/similar.json"
-python -m pytest -q -m gpu tests | tee "$OUT/gpu-tests.txt"
+step tag env AGF_TAG_FOLDER="$CLIPS" "$PY" bench/tag.py --files 1000 --baseline-files 16 --json
+step train "$PY" bench/train.py --tracks 400 --json
+if "$PY" -c 'import sys, faiss; sys.exit(0 if faiss.get_num_gpus() > 0 else 1)'; then
+  step similar-cpu env AGF_FAISS_CPU=1 "$PY" bench/similar.py --tracks 1000000 --artists 16000 --json
+  step similar "$PY" bench/similar.py --tracks 1000000 --artists 16000 --json
+else
+  echo "faiss here has no GPU support: the FAISS GPU figures are not measured"
+fi
+step gpu-tests "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
 echo "figures in $OUT/"

@@ -43,6 +43,24 @@ def test_cuda_embeddings_match_the_cpu_s():
 
 
 @pytest.mark.gpu
+@needs_cuda
+def test_clips_standardised_and_cut_on_the_gpu_give_the_cpu_s_clip_outputs():
+    from agf.models.data import ClipFrames, PatchReader
+    from agf.models.serving import models_clip_outputs
+
+    rng = np.random.default_rng(0)
+    clips = {t: rng.normal(-40, 10, size=(n, 128)).astype(np.float16) for t, n in zip(range(1, 80), rng.integers(20, 1400, 79))}
+    torch.manual_seed(0)
+    models = [(ClipCNN(k).eval(), PatchReader(ClipFrames(clips), 128, np.full(128, -40, np.float32), np.full(128, 10, np.float32)))
+              for k in (4, 8)]
+    cpu = models_clip_outputs(models, list(clips), torch.device("cpu"), precision="fp32")
+    cuda = models_clip_outputs([(m.to("cuda"), r) for m, r in models], list(clips), torch.device("cuda"), precision="fp32")
+    for (cpu_emb, cpu_prob), (cuda_emb, cuda_prob) in zip(cpu, cuda):
+        assert torch.nn.functional.cosine_similarity(torch.from_numpy(cpu_emb), torch.from_numpy(cuda_emb)).min() > 0.999
+        assert np.abs(cpu_prob - cuda_prob).max() < 1e-2
+
+
+@pytest.mark.gpu
 @needs_faiss_gpu
 def test_faiss_gpu_search_finds_what_the_cpu_finds():
     rng = np.random.default_rng(0)

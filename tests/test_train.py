@@ -7,16 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agf.ingest import collect, ingest
 from agf.ingest.synth import write_corpus
 from agf.models.cnn import ClipCNN, inference_copy, kl_divergence, soft_cross_entropy
-from agf.models.data import PatchReader
+from agf.models.data import ClipFrames, PatchReader, patch_starts, patch_windows
 from agf.models.factors import FactorParams, build_factors
 from agf.errors import AgfError
 from agf.models.train import TrainParams, all_tracks, fit_cnn, save_cnn
 from agf.models import serving
-from agf.models.serving import clip_outputs, load_cnn, pick_precision
+from agf.models.serving import clip_outputs, load_cnn, models_clip_outputs, pick_precision
 from agf.store import Store
 
 QUICK = TrainParams(epochs=2, crops_per_track=2, batch_size=16, patience=2)
@@ -88,6 +90,32 @@ def test_bfloat16_inference_stays_within_half_a_percent_and_does_not_depend_on_t
     assert (approximate - exact).abs().max() < 0.005 * exact.abs().max()
     assert torch.nn.functional.cosine_similarity(approximate, exact).min() > 0.9999
     assert torch.allclose(alone, approximate, atol=1e-5)  # a track's embedding is not moved by its batch-mates
+
+
+@given(st.integers(min_value=43, max_value=3000))
+def test_inference_patches_see_every_frame_of_a_clip_once_but_at_its_end(n_frames):
+    starts = patch_starts(n_frames)
+    assert starts[0] == 0 and starts[-1] == n_frames - 43  # the last patch ends with the clip
+    gaps = np.diff(starts)
+    assert (gaps[:-1] == 43).all() and ((0 < gaps[-1:]) & (gaps[-1:] <= 43)).all()
+    assert np.array_equal(np.unique(patch_windows(n_frames)), np.arange(n_frames))
+
+
+def test_several_cnns_read_each_clip_once_and_give_what_each_gives_alone_and_what_the_plain_loop_gives():
+    rng = np.random.default_rng(3)
+    clips = {t: rng.normal(-40, 10, size=(n, 128)).astype(np.float16) for t, n in zip(range(1, 40), rng.integers(20, 1400, 39))}
+    torch.manual_seed(0)
+    models = [(ClipCNN(k).eval(), PatchReader(ClipFrames(clips), 128, rng.normal(-40, 1, 128).astype(np.float32),
+                                               rng.uniform(5, 15, 128).astype(np.float32))) for k in (4, 8)]
+    ids = list(clips)
+    together = models_clip_outputs(models, ids, torch.device("cpu"), precision="fp32")
+    for (model, reader), (embeddings, probabilities) in zip(models, together):
+        alone = clip_outputs(model, reader, ids, torch.device("cpu"), precision="fp32")
+        assert np.array_equal(alone[0], embeddings) and np.array_equal(alone[1], probabilities)
+        with torch.no_grad():  # the straightforward loop: each clip's patches, one forward, the mean
+            plain = np.stack([model.embed(torch.from_numpy(reader.patches(t)[:, None])).mean(dim=0).numpy() for t in ids])
+        assert np.abs(plain - embeddings).max() < 1e-4 * np.abs(plain).max()
+    assert [len(reader.patches(t)) for t in ids[:3]] == [len(patch_starts(max(43, len(clips[t])))) for t in ids[:3]]
 
 
 def test_auto_precision_is_the_one_measured_faster_and_is_measured_once(monkeypatch, tmp_path):

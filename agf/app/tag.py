@@ -1,8 +1,9 @@
 """``agf tag``: batch genre tagging of new music with the stored CNNs and transfer classifier.
 
 Files stream through in chunks: each chunk is ingested (stored audio is not recomputed),
-embedded by every CNN the transfer model reads, classified, and committed before the next one
-starts, so memory stays bounded by the chunk and an interruption keeps every finished chunk.
+embedded by every CNN the transfer model reads, classified, and committed, while the ingest
+workers go on with the next files; memory stays bounded by the chunk and an interruption keeps
+every finished chunk.
 """
 
 import time
@@ -14,11 +15,11 @@ import numpy as np
 import pyarrow as pa
 
 from agf.errors import AgfError
-from agf.ingest import Candidate, ingest
+from agf.ingest import Candidate, IngestSummary, ingest_parts
 from agf.ingest.metadata import read_files, read_manifest
 from agf.engine import LOCAL, Engine
-from agf.models.serving import (classify, embedding_chunks, embedding_matrix, embedding_rows, load_cnn, load_transfer,
-                                pick_device, prediction_rows, run_precision, unembedded)
+from agf.models.serving import (classify, embedding_chunks, embedding_groups, embedding_matrix, embedding_rows, load_cnn,
+                                load_transfer, pick_device, prediction_rows, run_precision)
 from agf.app.filetags import GenrePolicy, write_tags
 from agf.app.playlists import playlist_entries, write_m3u
 from agf.progress import progress_bar, say
@@ -53,28 +54,32 @@ class Tagger:
 
     def tag(self, candidates: Iterable[Candidate], top: int = 3, workers: int | None = None, chunk_size: int = 256,
             total: int | None = None, quiet: bool = False) -> Iterator[dict]:
-        """Tag ``candidates``; yields one row per file: its top genres, or why it has none."""
-        with progress_bar(total, "tag", "files", quiet) as bar:
-            chunk: list[Candidate] = []
-            for candidate in candidates:
-                chunk.append(candidate)
-                if len(chunk) == chunk_size:
-                    yield from self._chunk(chunk, top, workers)
-                    bar.advance(len(chunk))
-                    chunk = []
-            if chunk:
-                yield from self._chunk(chunk, top, workers)
-                bar.advance(len(chunk))
+        """Tag ``candidates``; yields one row per file: its top genres, or why it has none.
 
-    def _chunk(self, chunk: list[Candidate], top: int, workers: int | None) -> list[dict]:
-        started = time.perf_counter()
-        summary = ingest(self.store, chunk, workers=workers, engine=self.engine, quiet=True)
-        self._lap("ingest", started)
-        ids = list(dict.fromkeys(summary.track_ids.values()))
+        One ingest runs over all the files, committing a part per ``chunk_size`` files; each
+        part is embedded, classified and committed while the ingest workers go on decoding.
+        """
+        candidates = list(candidates)
+        summary = IngestSummary()
+        parts = ingest_parts(self.store, candidates, summary, workers=workers, part_size=chunk_size, engine=self.engine,
+                             quiet=True)
+        with progress_bar(total, "tag", "files", quiet) as bar:
+            while True:
+                started = time.perf_counter()
+                part = next(parts, None)
+                self._lap("ingest", started)
+                if part is None:
+                    return
+                yield from self._rows(candidates, sorted(part), summary, top)
+                bar.advance(len(part))
+
+    def _rows(self, candidates: list[Candidate], part: list[int], summary: IngestSummary, top: int) -> list[dict]:
+        """The rows of the files at positions ``part``, their stored tracks embedded and classified."""
+        ids = list(dict.fromkeys(summary.track_ids[i] for i in part if i in summary.track_ids))
         probabilities = dict(zip(ids, self._predict(ids))) if ids else {}
         rows = []
-        for index, c in enumerate(chunk):
-            track_id = summary.track_ids.get(index)
+        for index in part:
+            c, track_id = candidates[index], summary.track_ids.get(index)
             if track_id is None:
                 rows.append({"path": path_text(c.path), "track_id": None, "genre": None, "probability": None, "top": None,
                              "error": summary.errors.get(index, "not ingested")})
@@ -90,22 +95,19 @@ class Tagger:
         """Embed ``ids`` where a CNN has not yet, classify the vectors held, and store the new
         embeddings with the predictions in one commit: (n, genres) probabilities."""
         started = time.perf_counter()
-        blocks, new_rows = [], []
-        for model_id, loaded in self.cnns.items():
-            ids_of, vectors = [], []
-            todo = unembedded(self.store, model_id, ids)
-            for chunk_ids, chunk in embedding_chunks(self.store, model_id, todo, self.device, self.engine, loaded,
-                                                     precision=self.precision):
+        new_rows, computed = [], {}
+        for models, todo in embedding_groups(self.store, list(self.cnns), ids):
+            loaded = None if self.engine.is_ray else {m: self.cnns[m] for m in models}
+            for model_id, chunk_ids, chunk in embedding_chunks(self.store, models, todo, self.device, self.engine, loaded,
+                                                               precision=self.precision):
                 new_rows.append(embedding_rows(model_id, chunk_ids, chunk))
-                ids_of += chunk_ids
-                vectors.append(chunk)
-            held = set(ids_of)
+                computed.setdefault(model_id, {}).update(zip(chunk_ids, chunk))
+        blocks = []
+        for model_id in self.cnns:
+            held = computed.get(model_id, {})
             stored = [t for t in ids if t not in held]  # embedded by an earlier run: read, not recomputed
-            if stored:
-                ids_of += stored
-                vectors.append(embedding_matrix(self.store, [model_id], stored))
-            row = {t: i for i, t in enumerate(ids_of)}
-            blocks.append(np.concatenate(vectors)[[row[t] for t in ids]])
+            held.update(zip(stored, embedding_matrix(self.store, [model_id], stored) if stored else []))
+            blocks.append(np.stack([held[t] for t in ids]))
         self._lap("embed", started)
         started = time.perf_counter()
         probabilities = classify(self.transfer, np.concatenate(blocks, axis=1))

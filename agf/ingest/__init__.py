@@ -4,7 +4,7 @@ from pathlib import Path
 
 from agf.errors import AgfError
 from agf.ingest.metadata import Candidate, GenreRow, read_fma, read_folder, read_manifest
-from agf.ingest.pipeline import IngestSummary, ingest
+from agf.ingest.pipeline import IngestSummary, ingest, ingest_parts
 
 
 def collect(
@@ -27,4 +27,4 @@ def collect(
     return read_folder(audio_dir), []
 
 
-__all__ = ["Candidate", "GenreRow", "IngestSummary", "collect", "ingest"]
+__all__ = ["Candidate", "GenreRow", "IngestSummary", "collect", "ingest", "ingest_parts"]

@@ -10,6 +10,7 @@ import contextlib
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -287,9 +288,23 @@ class _Batch:
         return tables, self.replaced_ids
 
 
-def ingest(
+def ingest(store: Store, candidates: list[Candidate], genre_tree: list[GenreRow] | None = None,
+           **options) -> IngestSummary:
+    """Ingest ``candidates`` into ``store``: tracks, artists, albums, genres, features, frames.
+
+    ``options`` are :func:`ingest_parts`'s (features, workers, force, part_size, engine, quiet,
+    file_seconds).
+    """
+    summary = IngestSummary()
+    for _ in ingest_parts(store, candidates, summary, genre_tree, **options):
+        pass
+    return summary
+
+
+def ingest_parts(
     store: Store,
     candidates: list[Candidate],
+    summary: IngestSummary,
     genre_tree: list[GenreRow] | None = None,
     features: tuple[str, ...] = DEFAULT_FEATURES,
     workers: int | None = None,
@@ -298,8 +313,12 @@ def ingest(
     engine: Engine = LOCAL,
     quiet: bool = False,
     file_seconds: float = FILE_SECONDS,
-) -> IngestSummary:
-    """Ingest ``candidates`` into ``store``: tracks, artists, albums, genres, features, frames.
+) -> Iterator[list[int]]:
+    """:func:`ingest`, a part at a time: yields the positions in ``candidates`` that each
+    committed part settled (stored, skipped or failed), as ``summary`` records them.
+
+    The workers go on with the files in flight while the caller works on a part (``agf tag``
+    embeds it), and the pool lives for the whole run.
 
     Parameters
     ----------
@@ -318,7 +337,6 @@ def ingest(
     if engine.is_ray:
         connect(engine)  # before any work: an unreachable cluster is an error, not a stall
     started = time.perf_counter()
-    summary = IngestSummary()
     workers = workers or usable_cores()
     stored = store.query("SELECT source_id, audio_sha256, track_id FROM tracks").to_pylist()
     known = {r["audio_sha256"]: r["track_id"] for r in stored if r["audio_sha256"]}
@@ -334,13 +352,15 @@ def ingest(
     config = ExtractConfig.of(store.config, features, file_seconds)
     seen: dict[str, int] = {}  # audio sha256 -> track id, for duplicates within this run
     batch = _Batch()
+    settled: list[int] = []  # positions in candidates that the part in progress settles
 
-    def commit() -> None:
-        nonlocal batch
+    def commit() -> list[int]:
+        nonlocal batch, settled
         if len(batch) or ids.new_genres:
             tables, replaced = batch.tables(ids)
             _commit(store, tables, replaced, config)
-        batch = _Batch()
+        done, batch, settled = settled, _Batch(), []
+        return done
 
     def without_audio(index: int, candidate: Candidate) -> None:
         """A track FMA lists whose audio is elsewhere: its metadata and released features."""
@@ -358,6 +378,7 @@ def ingest(
     def handle(result: tuple) -> None:
         kind, index = result[0], audio[result[1]]
         candidate = candidates[index]
+        settled.append(index)
         if kind == "error":
             batch.errors.append({"path": path_text(Path(candidate.path).resolve()), "stage": result[2], "error": result[3], "at": now_utc()})
             summary.failed += 1
@@ -389,9 +410,10 @@ def ingest(
     audio = [i for i, c in enumerate(candidates) if c.path is not None]  # position in the run -> in candidates
     for index, candidate in enumerate(candidates):
         if candidate.path is None:
+            settled.append(index)
             without_audio(index, candidate)
             if len(batch) >= part_size:
-                commit()
+                yield commit()
     files = [candidates[i] for i in audio]
     with progress_bar(len(files), "ingest", "files", quiet) as bar:
         if files and not engine.is_ray:
@@ -404,11 +426,10 @@ def ingest(
         for result in results:
             handle(result)
             bar.advance()
-            if len(batch) >= part_size:
-                commit()
-        commit()
+            if len(settled) >= part_size:
+                yield commit()
+        yield commit()
     summary.seconds = time.perf_counter() - started
-    return summary
 
 
 def _track_row(track_id: int, c: Candidate, sha: str | None, data: dict | None, ids: _Ids) -> dict:

@@ -118,18 +118,33 @@ class PatchReader:
         start = int(rng.integers(0, max(1, len(frames) - PATCH_FRAMES + 1)))
         return self._standardise(_pad(frames[start : start + PATCH_FRAMES]))
 
-    def patches(self, track_id: int) -> np.ndarray:
-        """Every consecutive patch of the clip, the last aligned to its end: (n, n_mels, 43).
+    def inference_frames(self, track_id: int) -> np.ndarray:
+        """The clip's frames as inference reads them: (max(n_frames, 43), n_mels) float16, a clip
+        shorter than a patch padded with its last frame.
 
         Read past the cache of mapped files: inference reads each clip once, and a map kept
         open would hold its pages in memory for the rest of a long run.
         """
         frames = self._open.get(track_id)
-        frames = self.cache.read(track_id) if frames is None else frames
-        starts = list(range(0, max(1, len(frames) - PATCH_FRAMES + 1), PATCH_FRAMES))
-        if len(frames) > PATCH_FRAMES and starts[-1] + PATCH_FRAMES < len(frames):
-            starts.append(len(frames) - PATCH_FRAMES)
-        return np.stack([self._standardise(_pad(frames[s : s + PATCH_FRAMES])) for s in starts])
+        return _pad(self.cache.read(track_id) if frames is None else frames)
+
+    def patches(self, track_id: int) -> np.ndarray:
+        """Every inference patch of the clip (see :func:`patch_starts`), standardised: (n, n_mels, 43)."""
+        frames = self.inference_frames(track_id)
+        standardised = (np.asarray(frames, np.float32) - self.mean) / self.std
+        return np.ascontiguousarray(standardised[patch_windows(len(frames))].transpose(0, 2, 1))
+
+
+def patch_starts(n_frames: int) -> np.ndarray:
+    """First frames of a clip's inference patches: consecutive, non-overlapping, the last one
+    aligned to the clip's end so that every frame is seen. (n_patches,) int64; ``n_frames`` >= 43."""
+    starts = np.arange(0, n_frames - PATCH_FRAMES + 1, PATCH_FRAMES)
+    return starts if starts[-1] + PATCH_FRAMES == n_frames else np.append(starts, n_frames - PATCH_FRAMES)
+
+
+def patch_windows(n_frames: int) -> np.ndarray:
+    """Frame indices of each inference patch: (n_patches, 43) int64."""
+    return patch_starts(n_frames)[:, None] + np.arange(PATCH_FRAMES)
 
 
 def _pad(frames: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from agf.engine import LOCAL, Engine, ray_actor_map
 from agf.errors import AgfError
 from agf.models.calibration import calibrate
 from agf.models.cnn import EMBEDDING_DIM, ClipCNN, TransferMLP, inference_copy
-from agf.models.data import PatchReader
+from agf.models.data import PatchReader, patch_windows
 from agf.models.factors import CNN_TARGETS
 from agf.progress import say
 from agf.store import Store, fixed_vectors, now_utc
@@ -99,9 +99,11 @@ def _device_name(device: torch.device) -> str:
 
 
 @torch.no_grad()
-def _patches_per_second(device: torch.device, batch: int = 64, rounds: int = 5) -> dict[str, float]:
-    """Patches per second of an untrained CNN's embedding in each precision: the best of
-    ``rounds``, the two timed in turn so that a busy spell of the machine hits both alike."""
+def _patches_per_second(device: torch.device, rounds: int = 5) -> dict[str, float]:
+    """Patches per second of an untrained CNN's embedding in each precision, at the batch size
+    inference uses there: the best of ``rounds``, the two timed in turn so that a busy spell of
+    the machine hits both alike."""
+    batch = forward_patches(device)
     generator = torch.Generator().manual_seed(0)
     models = {p: inference_copy(ClipCNN(8).to(device), p) for p in ("fp32", "bf16")}
     x = torch.randn(batch, 1, 128, 43, generator=generator).to(device).contiguous(memory_format=torch.channels_last)
@@ -158,46 +160,69 @@ def cnn_models(store: Store, spec: str = "all") -> list[str]:
     return ids
 
 
+def forward_patches(device: torch.device) -> int:
+    """Patches per forward pass: 64 on a CPU, where a batch whose activations fit in cache runs
+    about 1.7x faster than larger ones; 2,048 on a GPU, which a small batch leaves idle."""
+    return 2048 if device.type == "cuda" else 64
+
+
 @torch.no_grad()
 def clip_outputs(model: ClipCNN, spectra: PatchReader, track_ids: list[int], device: torch.device,
                  batch_patches: int | None = None, precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Clip-level embeddings (n, 256) and probabilities (n, classes): means over every patch.
 
-    Patches of consecutive tracks share forward passes of ``batch_patches`` (default 512 on a
-    GPU; 64 on a CPU, where a batch whose activations fit in cache runs about 1.7x faster).
-    ``precision`` is chosen by :func:`pick_precision`.
+    Patches of consecutive tracks share forward passes of ``batch_patches`` (default
+    :func:`forward_patches`). ``precision`` is chosen by :func:`pick_precision`.
     """
-    model = inference_copy(model, pick_precision(device, precision))
-    batch_patches = batch_patches or (512 if device.type == "cuda" else 64)
-    embeddings = np.zeros((len(track_ids), EMBEDDING_DIM), np.float32)
-    probabilities = np.zeros((len(track_ids), model.n_outputs), np.float32)
-    pending, owners = [], []
+    return models_clip_outputs([(model, spectra)], track_ids, device, batch_patches, precision)[0]
 
-    def flush():
-        if not pending:
-            return
-        x = torch.from_numpy(np.concatenate(pending)[:, None]).to(device).contiguous(memory_format=torch.channels_last)
-        emb = model.embed(x)
-        prob = torch.softmax(model.head(emb), dim=1)
-        emb, prob = emb.cpu().numpy(), prob.cpu().numpy()
-        owner = np.concatenate(owners)
-        for row in np.unique(owner):
-            mask = owner == row
-            embeddings[row] += emb[mask].sum(axis=0)
-            probabilities[row] += prob[mask].sum(axis=0)
-        pending.clear()
-        owners.clear()
 
-    counts = np.zeros(len(track_ids))
+@torch.no_grad()
+def models_clip_outputs(models: list[tuple[ClipCNN, PatchReader]], track_ids: list[int], device: torch.device,
+                        batch_patches: int | None = None, precision: str = "auto") -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`clip_outputs` of several CNNs over the same clips, each clip read and moved to
+    ``device`` once for all of them: per model, embeddings (n, 256) and probabilities (n, classes).
+
+    The readers must read the same frames (one store's log-mel); each standardises with its own
+    model's statistics, on ``device``.
+    """
+    copies = [inference_copy(model, pick_precision(device, precision)) for model, _ in models]
+    scales = [(torch.as_tensor(r.mean, dtype=torch.float32, device=device),
+               torch.as_tensor(r.std, dtype=torch.float32, device=device)) for _, r in models]
+    batch = batch_patches or forward_patches(device)
+    outputs = [(np.zeros((len(track_ids), EMBEDDING_DIM), np.float32), np.zeros((len(track_ids), m.n_outputs), np.float32))
+               for m in copies]
+    for rows, frames, windows, firsts in _patch_groups(models[0][1], track_ids, max(batch, 512)):
+        frames = frames.to(device)  # (frames of the group's clips, n_mels) float16: once for every model
+        windows = windows.to(device)
+        for copy, (mean, std), (embeddings, probabilities) in zip(copies, scales, outputs):
+            x = ((frames.float() - mean) / std)[windows]  # (patches, 43, n_mels)
+            x = x.transpose(1, 2).unsqueeze(1).contiguous(memory_format=torch.channels_last)
+            emb = torch.cat([copy.embed(x[i : i + batch]) for i in range(0, len(x), batch)])
+            prob = torch.softmax(copy.head(emb), dim=1)
+            counts = np.diff(np.append(firsts, len(x)))[:, None]
+            # summed per clip on the host, in patch order: the same sums whatever the device
+            embeddings[rows] = np.add.reduceat(emb.cpu().numpy(), firsts) / counts
+            probabilities[rows] = np.add.reduceat(prob.cpu().numpy(), firsts) / counts
+    return outputs
+
+
+def _patch_groups(spectra: PatchReader, track_ids: list[int], patches: int) -> Iterator[tuple]:
+    """Consecutive clips in groups of at least ``patches`` patches: (rows in ``track_ids``, their
+    frames stacked (n_frames, n_mels) float16, each patch's frame indices (n_patches, 43), and
+    each clip's first patch (n_clips,))."""
+    rows, frames, windows, firsts, n_frames, n_patches = [], [], [], [], 0, 0
     for row, track_id in enumerate(track_ids):
-        patches = spectra.patches(track_id)
-        pending.append(patches)
-        owners.append(np.full(len(patches), row))
-        counts[row] = len(patches)
-        if sum(len(p) for p in pending) >= batch_patches:
-            flush()
-    flush()
-    return embeddings / counts[:, None], probabilities / counts[:, None]
+        clip = spectra.inference_frames(track_id)
+        rows.append(row)
+        frames.append(clip)
+        firsts.append(n_patches)
+        windows.append(patch_windows(len(clip)) + n_frames)
+        n_frames, n_patches = n_frames + len(clip), n_patches + len(windows[-1])
+        if n_patches >= patches or row == len(track_ids) - 1:
+            yield (np.asarray(rows), torch.from_numpy(np.concatenate(frames)), torch.from_numpy(np.concatenate(windows)),
+                   np.asarray(firsts))
+            rows, frames, windows, firsts, n_frames, n_patches = [], [], [], [], 0, 0
 
 
 class ClipEmbedder:
@@ -213,25 +238,30 @@ class ClipEmbedder:
         return {"track_id": np.asarray(ids, np.int64), "vector": vectors}
 
 
-def embedding_chunks(store: Store, model_id: str, track_ids: list[int], device: str = "auto", engine: Engine = LOCAL,
-                     loaded: tuple | None = None, chunk: int = 2048, precision: str = "auto",
-                     ) -> Iterator[tuple[list[int], np.ndarray]]:
-    """Clip embeddings of ``track_ids`` by ``model_id``: (track ids, (n, 256) float32) chunks.
+def embedding_chunks(store: Store, model_ids: list[str], track_ids: list[int], device: str = "auto",
+                     engine: Engine = LOCAL, loaded: dict | None = None, chunk: int = 2048, precision: str = "auto",
+                     ) -> Iterator[tuple[str, list[int], np.ndarray]]:
+    """Clip embeddings of ``track_ids`` by each of ``model_ids``: (model id, track ids, (n, 256)
+    float32) chunks.
 
-    Locally with ``loaded`` (model, spectrogram reader) or the model loaded here; with a Ray
-    engine, by an actor pool on the cluster. ``precision`` as in :func:`pick_precision`.
+    Locally with ``loaded`` (model id -> (model, spectrogram reader)) or the models loaded here,
+    each chunk's clips read once for every model; with a Ray engine, by an actor pool on the
+    cluster, model after model. ``precision`` as in :func:`pick_precision`.
     """
     if not track_ids:
         return  # nothing to embed: no model to load, no cluster work to start
     if engine.is_ray:
-        for batch in ray_actor_map(engine, ClipEmbedder, (str(store.root), model_id, device, precision), track_ids):
-            yield batch["track_id"].tolist(), np.asarray(batch["vector"], np.float32)
+        for model_id in model_ids:
+            for batch in ray_actor_map(engine, ClipEmbedder, (str(store.root), model_id, device, precision), track_ids):
+                yield model_id, batch["track_id"].tolist(), np.asarray(batch["vector"], np.float32)
         return
     chosen = pick_device(device)
-    model, spectra = loaded or load_cnn(store, model_id, chosen)[:2]
+    loaded = loaded or {m: load_cnn(store, m, chosen)[:2] for m in model_ids}
     for start in range(0, len(track_ids), chunk):
         ids = track_ids[start : start + chunk]
-        yield ids, clip_outputs(model, spectra, ids, chosen, precision=precision)[0]
+        outputs = models_clip_outputs([loaded[m] for m in model_ids], ids, chosen, precision=precision)
+        for model_id, (vectors, _) in zip(model_ids, outputs):
+            yield model_id, ids, vectors
 
 
 def unembedded(store: Store, model_id: str, track_ids: list[int] | None = None) -> list[int]:
@@ -242,25 +272,34 @@ def unembedded(store: Store, model_id: str, track_ids: list[int] | None = None) 
                        [model_id] + ([track_ids] if track_ids is not None else []))["track_id"].to_pylist()
 
 
+def embedding_groups(store: Store, model_ids: list[str], track_ids: list[int] | None = None) -> list[tuple[list[str], list[int]]]:
+    """``model_ids`` grouped by the tracks (all, or those of ``track_ids``) each has yet to
+    embed: (models, tracks) pairs, so that the models of a group read each clip once."""
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for model_id in model_ids:
+        groups.setdefault(tuple(unembedded(store, model_id, track_ids)), []).append(model_id)
+    return [(models, list(todo)) for todo, models in groups.items()]
+
+
 def embed(store: Store, spec: str = "all", device: str = "auto", engine: Engine = LOCAL, quiet: bool = False,
           precision: str = "auto") -> list[dict]:
-    """Write the clip embeddings of every track not yet embedded by each chosen CNN.
+    """Write the clip embeddings of every track not yet embedded by each chosen CNN; one row
+    per model (models that embed the same tracks run together, and share their seconds).
 
     A part is committed per chunk of 2,048 tracks: an interruption keeps what is done.
     """
     results = []
     where = "a Ray cluster" if engine.is_ray else pick_device(device)
     arithmetic = run_precision(device, precision, engine)
-    for model_id in cnn_models(store, spec):
+    for models, todo in embedding_groups(store, cnn_models(store, spec)):
         started = time.perf_counter()
-        todo = unembedded(store, model_id)
-        for ids, vectors in embedding_chunks(store, model_id, todo, device, engine, precision=precision):
+        for model_id, ids, vectors in embedding_chunks(store, models, todo, device, engine, precision=precision):
             with store.transaction(params={"model_id": model_id, "precision": arithmetic}) as tx:
                 tx.append("embeddings", embedding_rows(model_id, ids, vectors))
         seconds = time.perf_counter() - started
-        say(f"embedded {len(todo)} tracks with {model_id} on {where} ({arithmetic}) in {seconds:.1f} s", quiet)
-        results.append({"model_id": model_id, "embedded": len(todo), "precision": arithmetic, "seconds": round(seconds, 2),
-                        "tracks_per_s": round(len(todo) / seconds, 1) if todo else None})
+        say(f"embedded {len(todo)} tracks with {', '.join(models)} on {where} ({arithmetic}) in {seconds:.1f} s", quiet)
+        results += [{"model_id": model_id, "embedded": len(todo), "precision": arithmetic, "seconds": round(seconds, 2),
+                     "tracks_per_s": round(len(todo) / seconds, 1) if todo else None} for model_id in models]
     return results
 
 
