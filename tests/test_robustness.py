@@ -151,6 +151,17 @@ def test_agf_check_finds_damaged_frames_indexes_and_models(trained, tmp_path, cl
     assert "agf check" in one_error_line(out)
 
 
+def test_a_frame_matrix_of_the_wrong_width_is_one_line_and_agf_check_names_it(trained, tmp_path, cli):
+    root = copy_of(trained["store"], tmp_path)
+    frame = next((root / "frames" / "logmel").rglob("*.npy"))
+    np.save(frame, np.zeros((300, 64), np.float16))  # the store's settings say 128 mel bands
+    found = json.loads(cli("check", "--store", root, "--json").stdout)
+    assert [(f["kind"], f["file"]) for f in found] == [("frames", str(frame.relative_to(root)))]
+    assert "not (frames, 128)" in found[0]["problem"]
+    out = cli("train", "--target", "genre", "--epochs", "1", "--store", root, "--quiet")
+    assert "not (frames, 128)" in one_error_line(out) and "agf check" in out.output
+
+
 def test_agf_check_names_fifos_in_place_of_an_index_and_a_model_without_hanging(trained, tmp_path):
     root = copy_of(trained["store"], tmp_path)
     subprocess.run([*AGF, "index", "build", "--store", str(root), "--quiet"], check=True, timeout=300)

@@ -179,6 +179,27 @@ def test_frames_read_whole_equal_frames_memory_mapped(tmp_path, rows, bins, seed
     np.testing.assert_array_equal(loaded, cache.read(seed))
 
 
+@pytest.mark.parametrize("frames, why", [
+    (np.zeros((30, 7), np.float16), r"float16 of shape \(30, 7\), not \(frames, 13\)"),
+    (np.zeros((0, 13), np.float16), r"shape \(0, 13\)"),
+    (np.zeros(13, np.float16), r"shape \(13,\)"),
+    (np.zeros((3, 13, 2), np.float16), r"shape \(3, 13, 2\)"),
+    (np.full((3, 13), "ab"), r"<U2 of shape"),
+    (np.full((3, 13), np.inf, np.float16), "values that are not finite"),
+    (np.full((3, 13), np.nan, np.float32), "values that are not finite"),
+])
+def test_frames_no_reader_could_use_are_damaged_in_one_line_however_read(tmp_path, frames, why):
+    from agf.store import FrameCache
+
+    cache = FrameCache(tmp_path, "mfcc", bins=13)
+    cache.write(1, np.ones((3, 13)))
+    np.save(cache.path(2), frames)  # a hostile store's: a valid .npy, but not frames agf could have written
+    for read in (cache.read, cache.load):
+        with pytest.raises(AgfError, match=f"frames of track 2 are damaged .*{why}.*run `agf check`"):
+            read(2)
+    assert cache.load(1).shape == (3, 13)
+
+
 def test_a_frame_file_agf_did_not_write_is_read_by_numpy_and_a_damaged_one_is_one_line(tmp_path):
     import os
 

@@ -348,7 +348,7 @@ def ingest_parts(
     ids = _Ids(store)
     ids.add_genre_tree(genre_tree or [])
     next_track = [max((r["track_id"] for r in stored), default=0) + 1]
-    caches = {kind: FrameCache(store.root, kind) for kind in FRAME_EXTRACTORS}
+    caches = {kind: FrameCache.of(store, kind) for kind in FRAME_EXTRACTORS}
     config = ExtractConfig.of(store.config, features, file_seconds)
     seen: dict[str, int] = {}  # audio sha256 -> track id, for duplicates within this run
     batch = _Batch()

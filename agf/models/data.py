@@ -89,7 +89,8 @@ class PatchReader:
     @classmethod
     def of_store(cls, store: Store, mean: np.ndarray | None = None, std: np.ndarray | None = None) -> "PatchReader":
         """The stored tracks' patches, read from their memory-mapped frame files."""
-        return cls(FrameCache(store.root, "logmel"), int(store.config["frames"]["logmel"]["n_mels"]), mean, std)
+        cache = FrameCache.of(store, "logmel")
+        return cls(cache, cache.bins, mean, std)
 
     def frames(self, track_id: int) -> np.ndarray:
         """(n_frames, n_mels) float16, memory-mapped."""
@@ -131,8 +132,7 @@ class PatchReader:
     def patches(self, track_id: int) -> np.ndarray:
         """Every inference patch of the clip (see :func:`patch_starts`), standardised: (n, n_mels, 43)."""
         frames = self.inference_frames(track_id)
-        standardised = (np.asarray(frames, np.float32) - self.mean) / self.std
-        return np.ascontiguousarray(standardised[patch_windows(len(frames))].transpose(0, 2, 1))
+        return np.ascontiguousarray(self._standardise(frames)[:, patch_windows(len(frames))].transpose(1, 0, 2))
 
 
 def patch_starts(n_frames: int) -> np.ndarray:

@@ -65,7 +65,7 @@ class TrackPoints(Sequence):
     def __init__(self, store: Store, source: str, tracks: list[dict], free_tags: bool = False):
         self.source, self.tracks, self.free_tags = source, tracks, free_tags
         if source in FRAME_SOURCES:
-            self.cache = FrameCache(store.root, "mfcc")
+            self.cache = FrameCache.of(store, "mfcc")
         elif source in VECTOR_SOURCES:
             ids, matrix = store.vectors(f"features_{source}")
             if not len(ids):

@@ -194,13 +194,13 @@ def models_clip_outputs(models: list[tuple[ClipCNN, PatchReader]], track_ids: li
                for m in copies]
     for rows, frames, windows, firsts in _patch_groups(models[0][1], track_ids, max(batch, 512)):
         frames = frames.to(device)  # (frames of the group's clips, n_mels) float16: once for every model
+        counts = np.diff(np.append(firsts, len(windows)))[:, None]  # each clip's patches
         windows = windows.to(device)
         for copy, (mean, std), (embeddings, probabilities) in zip(copies, scales, outputs):
             x = ((frames.float() - mean) / std)[windows]  # (patches, 43, n_mels)
             x = x.transpose(1, 2).unsqueeze(1).contiguous(memory_format=torch.channels_last)
             emb = torch.cat([copy.embed(x[i : i + batch]) for i in range(0, len(x), batch)])
             prob = torch.softmax(copy.head(emb), dim=1)
-            counts = np.diff(np.append(firsts, len(x)))[:, None]
             # summed per clip on the host, in patch order: the same sums whatever the device
             embeddings[rows] = np.add.reduceat(emb.cpu().numpy(), firsts) / counts
             probabilities[rows] = np.add.reduceat(prob.cpu().numpy(), firsts) / counts

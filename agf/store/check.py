@@ -106,17 +106,18 @@ def _frames(store: Store, checked: dict) -> list[dict]:
     for kind in store.config["frames"]:
         for path in sorted((store.root / "frames" / kind).glob("*/*.npy")):
             checked["frames"] = checked.get("frames", 0) + 1
-            problem = _frame_problem(store.root, path)
+            problem = _frame_problem(store, path)
             if problem:
                 out.append(_finding("frames", kind, path, store.root, problem, _INGESTED))
     return out
 
 
-def _frame_problem(root: Path, path: Path) -> str | None:
+def _frame_problem(store: Store, path: Path) -> str | None:
     try:
-        # read as every command reads frames: inside the store, a regular file, a valid .npy
-        frames = FrameCache(root, path.parent.parent.name).read(int(path.stem))
-        if frames.ndim != 2 or frames.dtype != np.float16:
+        # read as every command reads frames: inside the store, a regular file, a valid .npy of
+        # finite frames as wide as the store's settings say
+        frames = FrameCache.of(store, path.parent.parent.name).read(int(path.stem))
+        if frames.dtype != np.float16:
             return f"holds {frames.dtype} of shape {frames.shape}, not float16 frames × bins"
     except ValueError:
         return "not a frame file agf wrote (its name is no track id)"
