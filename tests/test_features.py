@@ -6,17 +6,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from agf.ingest.constantq import cqt_magnitude
 from agf.ingest.features import (
     FEATURE_DIMS,
     FMA_COLUMNS,
+    FMA_FEATURE_SIZES,
     Spectra,
     dmfcc_vector,
     estimate_tuning,
     spectral_rolloff,
     zero_crossing_rate,
     fma_features_reference,
+    fma_matrices,
+    fma_matrices_reference,
     fma_vector,
-    mfcc_frames,
     mfcc_vector,
     statistics,
 )
@@ -44,6 +47,19 @@ def test_shared_transforms_give_the_same_518_features_as_one_transform_per_featu
     rng = np.random.default_rng(0)
     y = a440() + 0.05 * rng.standard_normal(5 * SR).astype(np.float32)
     np.testing.assert_allclose(fma_vector(Spectra(y, SR)), fma_features_reference(y, SR), rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**16), noise=st.floats(0.001, 0.5), seconds=st.floats(1.0, 4.0))
+def test_fmas_frame_matrices_are_its_features_pys_to_the_bit(seed, noise, seconds):
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SR)
+    y = (a440(seconds)[:n] * rng.uniform(0.1, 1) + noise * rng.standard_normal(n)).astype(np.float32)
+    ours, theirs = fma_matrices(Spectra(y, SR)), fma_matrices_reference(y, SR)
+    assert list(ours) == list(FMA_FEATURE_SIZES) and set(theirs) == set(ours)
+    for name, matrix in ours.items():
+        assert matrix.dtype == theirs[name].dtype, name
+        np.testing.assert_array_equal(matrix, theirs[name], err_msg=name)
 
 
 @settings(max_examples=40, deadline=None)
@@ -106,14 +122,44 @@ def test_mfcc_and_dmfcc_have_the_documented_sizes_and_deltas_of_a_steady_tone_ar
     assert np.abs(mfcc[3 * 20 : 4 * 20]).max() > 10  # while the MFCCs themselves are not
 
 
-def test_mfcc_frames_at_hop_1024_equal_every_other_frame_at_hop_512():
-    y = a440(3.0)
-    direct = mfcc_frames(Spectra(y, SR), n_fft=2048, hop_length=1024, n_mels=40, n_mfcc=13)
-    shared = Spectra(y, SR)
-    shared.stft(2048, 512)
-    derived = mfcc_frames(shared, n_fft=2048, hop_length=1024, n_mels=40, n_mfcc=13)
-    assert direct.shape == (1 + len(y) // 1024, 13)
-    np.testing.assert_allclose(derived, direct, rtol=1e-5, atol=1e-4)
+@pytest.mark.filterwarnings("ignore:Empty filters detected")  # 128 bands of a 512-point FFT at 16 kHz, as librosa warns
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), seconds=st.floats(0.2, 3.0), sr=st.sampled_from([16000, 22050, 44100]),
+       n_fft=st.sampled_from([512, 1024, 2048]), hop=st.sampled_from([256, 512, 1024]), n_mels=st.sampled_from([40, 128]))
+def test_the_log_mel_spectrogram_is_librosas_to_float_rounding(seed, seconds, sr, n_fft, hop, n_mels):
+    import librosa
+
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sr)
+    y = (np.sin(2 * np.pi * rng.uniform(50, 4000) * np.arange(n) / sr) * rng.uniform(0.01, 1)
+         + rng.normal(0, rng.uniform(1e-4, 0.3), n)).astype(np.float32)
+    ours = Spectra(y, sr).log_mel(n_fft, hop, n_mels)
+    theirs = librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=sr, n_fft=n_fft, hop_length=hop, n_mels=n_mels))
+    assert ours.shape == theirs.shape == (n_mels, 1 + n // hop) and ours.dtype == theirs.dtype
+    # dB. A float32 transform (librosa's is float64) errs by ~1e-7 of the loudest bin, which near
+    # the 80-dB floor is up to ~0.01 dB; storing frames as float16 rounds by 0.004-0.016 dB there.
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=0.01)
+
+
+@pytest.mark.filterwarnings("ignore:n_fft=.* is too large")  # the lowest octaves of a short clip, as in librosa
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), seconds=st.floats(0.5, 3.0), sr=st.sampled_from([11025, 22050, 44100, 48000]),
+       tuning=st.integers(-50, 49))
+def test_the_constant_q_transform_is_librosas_to_the_bit(seed, seconds, sr, tuning):
+    import librosa
+
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sr)
+    y = (np.sin(2 * np.pi * rng.uniform(30, 4000) * np.arange(n) / sr) + rng.normal(0, 0.1, n)).astype(np.float32)
+    tuning = tuning / 100  # estimate_tuning's steps
+    expected = np.abs(librosa.cqt(y, sr=sr, hop_length=512, bins_per_octave=12, n_bins=84, tuning=tuning))
+    for _ in range(2):  # built, then from the kept filters
+        np.testing.assert_array_equal(cqt_magnitude(y, sr=sr, tuning=tuning), expected)
+
+
+def test_a_rate_too_low_for_seven_octaves_is_an_error_as_in_librosa():
+    with pytest.raises(ValueError, match="needs a sampling rate above"):
+        cqt_magnitude(a440(1.0), sr=8000, tuning=0.0)
 
 
 @settings(max_examples=30, deadline=None)

@@ -54,21 +54,30 @@ class ClipCNN(nn.Module):
 
 
 class _PairMaxPool(nn.Module):
-    """Max-pooling over pairs of rows, (2, 1), or of rows then columns, (2, 2): the same as
+    """Max-pooling over pairs of rows, (2, 1), or of columns then rows, (2, 2): the same as
     ``nn.MaxPool2d``, and faster on channels-last CPU tensors (~3x for (2, 1)), where PyTorch's
-    kernel also computes indices it does not need."""
+    kernel also computes indices it does not need. Columns go first: a channels-last row holds
+    them side by side, and the rows' pass then reads half as much (~1.5x for (2, 2))."""
 
     def __init__(self, columns: bool):
         super().__init__()
         self.columns = columns
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.columns:
+            columns = x.shape[3] // 2 * 2
+            x = torch.maximum(x[:, :, :, 0:columns:2], x[:, :, :, 1:columns:2])
         rows = x.shape[2] // 2 * 2
-        x = torch.maximum(x[:, :, 0:rows:2], x[:, :, 1:rows:2])
-        if not self.columns:
-            return x
-        columns = x.shape[3] // 2 * 2
-        return torch.maximum(x[:, :, :, 0:columns:2], x[:, :, :, 1:columns:2])
+        return torch.maximum(x[:, :, 0:rows:2], x[:, :, 1:rows:2])
+
+
+class _ExpELU(nn.Module):
+    """ELU in place as ``max(x, exp(min(x, 0)) - 1)``: the same function (e^x - 1 >= x, with
+    equality at 0), ~1.4x faster than PyTorch's bfloat16 ELU on CPU. In bfloat16 the
+    difference e^x - 1 loses up to 2^-8 near 0, bfloat16's own step at 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.maximum(x, x.clamp_max(0).exp_().sub_(1), out=x)
 
 
 class _BFloat16(nn.Module):
@@ -91,16 +100,18 @@ def inference_copy(model: ClipCNN, precision: str = "fp32") -> ClipCNN:
     Together about 2.5x faster on CPU; outputs agree to float rounding (~1e-7). Inputs should be
     ``contiguous(memory_format=torch.channels_last)``.
 
-    ``precision='bf16'`` runs the convolutions in bfloat16 (float32 accumulation) and the
-    pooling to the embedding in float32: ~1.5x faster again on a CPU with AVX512-BF16, with
-    embeddings that move by ~0.2-0.5 % of their scale (cosine similarity > 0.999).
+    ``precision='bf16'`` runs the convolutions in bfloat16 (float32 accumulation), with ELU
+    as ``max(x, exp(min(x, 0)) - 1)``, and the pooling to the embedding in float32: ~1.6x
+    faster again on a CPU with AVX512-BF16, with embeddings that move by ~0.2-0.5 % of their
+    scale (cosine similarity > 0.999).
     """
     fused = copy.deepcopy(model).eval()
     for block in fused.features:
         conv, batch_norm, pool = block[0], block[1], next((m for m in block if isinstance(m, nn.MaxPool2d)), None)
         if pool is not None:
             pool = _PairMaxPool(columns=pool.kernel_size == (2, 2))
-        layers = [fuse_conv_bn_eval(conv, batch_norm)] + ([pool] if pool is not None else []) + [nn.ELU(inplace=True)]
+        elu = _ExpELU() if precision == "bf16" else nn.ELU(inplace=True)
+        layers = [fuse_conv_bn_eval(conv, batch_norm)] + ([pool] if pool is not None else []) + [elu]
         block._modules.clear()
         for i, layer in enumerate(layers):
             block.add_module(str(i), layer)
