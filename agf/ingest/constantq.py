@@ -4,7 +4,8 @@
 Fourier-transformed and made sparse): about 20 ms of the 46 a 30-s clip's CQT takes. The bases
 depend only on the sampling rate and the tuning, which is estimated in steps of 0.01 bin, so a
 process meets at most a hundred of them per rate. :func:`cqt_magnitude` follows librosa 0.11's
-``vqt`` step for step, for the parameters FMA's ``features.py`` uses, with the bases kept.
+``vqt`` step for step, for the parameters FMA's ``features.py`` uses, with the bases kept and
+the seven short per-octave transforms taken directly (46 to 14 ms a clip).
 """
 
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from functools import lru_cache
 
 import librosa
 import numpy as np
+import scipy.fft
 import scipy.sparse
 
 HOP_LENGTH = 512
@@ -58,8 +60,7 @@ def cqt_magnitude(y: np.ndarray, *, sr: float, tuning: float) -> np.ndarray:
         if i:
             hop //= 2
             y = librosa.resample(y, orig_sr=2, target_sr=1, res_type=_RES_TYPE, scale=True)
-        spectrum = librosa.stft(y, n_fft=n_fft, hop_length=hop, window="ones", pad_mode="constant", dtype=np.complex64)
-        responses.append(basis.dot(spectrum))
+        responses.append(basis.dot(_spectrum(y, n_fft, hop)))
     cqt = _stack(responses)
     cqt /= np.sqrt(plan.lengths)[:, None]
     return np.abs(cqt)
@@ -115,6 +116,16 @@ def _filter_basis(sr: float, freqs: np.ndarray, alpha: np.ndarray) -> tuple[scip
     basis *= lengths[:, np.newaxis] / float(n_fft)
     fft_basis = librosa.get_fftlib().fft(basis, n=n_fft, axis=1)[:, : (n_fft // 2) + 1]
     return librosa.util.sparsify_rows(fft_basis, quantile=_SPARSITY, dtype=np.complex64), n_fft
+
+
+def _spectrum(y: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
+    # librosa.stft(y, window="ones", pad_mode="constant", dtype=complex64), to the bit, for the
+    # short transforms of the CQT, where librosa's own bookkeeping costs more than the FFTs:
+    # centred frames of the zero-padded signal, transformed in float64 (as librosa's float64
+    # window makes them) by the same FFT, rounded to complex64; (1 + n_fft // 2, n_frames)
+    padded = np.pad(y.astype(np.float64), n_fft // 2)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
+    return scipy.fft.rfft(frames, axis=-1).astype(np.complex64).T
 
 
 def _stack(responses: list[np.ndarray]) -> np.ndarray:
