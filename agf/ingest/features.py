@@ -121,6 +121,9 @@ def mel_filters(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
     return filters
 
 
+_STFT_BLOCK = 256  # frames
+
+
 @lru_cache(maxsize=8)
 def _hann(n_fft: int) -> np.ndarray:
     return librosa.filters.get_window("hann", n_fft, fftbins=True).astype(np.float32)
@@ -144,9 +147,14 @@ def power_spectrogram(y: np.ndarray, *, n_fft: int, hop_length: int) -> np.ndarr
     """
     padded = np.pad(y, n_fft // 2)
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length]
-    spectrum = scipy.fft.rfft(frames * _hann(n_fft), axis=-1)
-    power = np.square(spectrum.real)
-    power += np.square(spectrum.imag)
+    power = np.empty((len(frames), 1 + n_fft // 2), dtype=np.result_type(y.dtype, np.float32))
+    # in blocks of frames, so that a long clip holds no windowed copy or complex transform of
+    # all its frames at once (and each block's stay in cache)
+    for start in range(0, len(frames), _STFT_BLOCK):
+        spectrum = scipy.fft.rfft(frames[start : start + _STFT_BLOCK] * _hann(n_fft), axis=-1)
+        block = power[start : start + _STFT_BLOCK]
+        np.square(spectrum.real, out=block)
+        block += np.square(spectrum.imag)
     return power.T
 
 
