@@ -101,9 +101,10 @@ def _relative_bandwidth(freqs: np.ndarray) -> np.ndarray:
 
 def _early_downsamples(nyquist: float, cutoff: float) -> int:
     # How often librosa halves the signal before the top octave: never below the filters' cutoff,
-    # and only as often as the hop (512 = 2**9) can still be halved once per remaining octave.
+    # and only as often as the hop can still be halved once per remaining octave.
     by_cutoff = max(0, int(np.ceil(np.log2(nyquist / cutoff)) - 1) - 1)
-    by_hop = max(0, 9 - N_OCTAVES + 1)
+    hop_halvings = (HOP_LENGTH & -HOP_LENGTH).bit_length() - 1  # 9 for 512
+    by_hop = max(0, hop_halvings - N_OCTAVES + 1)
     return min(by_cutoff, by_hop)
 
 
