@@ -54,6 +54,35 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+_KEEPING_FREED_MEMORY: list[bool] = []
+
+
+def keep_freed_memory() -> None:
+    """Have this process's allocator keep the memory it frees for its next allocations instead of
+    handing it back to the system, from now on.
+
+    Array work allocates and frees the same large buffers over and over (a clip's samples and
+    spectra, a batch's activations). glibc's malloc maps every block of 128 KB or more afresh
+    and unmaps it when freed, so each use faults its pages in again: measured here, a quarter
+    to a third of the CPU time of the CNNs' forward passes and an eighth of a file's features
+    went to those faults. With blocks of up to 32 MiB served from the heap and the heap's free
+    top not trimmed, the process stays at its peak size instead. glibc only; elsewhere, nothing
+    changes.
+    """
+    if _KEEPING_FREED_MEMORY:
+        return
+    _KEEPING_FREED_MEMORY.append(True)
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc: its own allocator's policy stands
+        return
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+
+
 def connect(engine: Engine):
     """The ``ray`` module, connected to the engine's cluster."""
     try:
@@ -138,6 +167,7 @@ def _enter_worker(shared: dict, setup) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
+    keep_freed_memory()
     _SHARED.update(shared)
     if setup is not None:
         setup()

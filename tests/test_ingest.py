@@ -10,6 +10,7 @@ import soundfile as sf
 from agf.errors import AgfError
 from agf.ingest import collect, ingest
 from agf.ingest import pipeline
+from agf.ingest.audio import AudioError, decode_clip
 from agf.models.train import all_tracks
 from agf.store import Store
 from agf.store.store import DEFAULT_CONFIG
@@ -114,6 +115,28 @@ def test_bad_files_become_error_rows_and_the_batch_goes_on(tmp_path, small_corpu
     long = store.query("SELECT duration_s, artist_id FROM tracks WHERE path LIKE '%two_hours.wav'").to_pylist()
     assert long[0]["duration_s"] == pytest.approx(7200.0)
     assert store.query("SELECT name FROM artists").to_pylist() == [{"name": "unknown"}]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, 12345, -1])
+def test_a_clip_with_one_non_finite_sample_anywhere_is_refused(tmp_path, bad, where):
+    y = (0.3 * np.sin(np.arange(22050) / 7)).astype(np.float32)
+    y[where] = bad
+    sf.write(tmp_path / "bad.wav", y, 22050, subtype="FLOAT")
+    with pytest.raises(AudioError, match="non-finite samples"):
+        decode_clip(tmp_path / "bad.wav", 30.0)
+
+
+@pytest.mark.parametrize(("peak", "silent"), [(-0.5, False), (0.5, False), (-5e-5, True), (5e-5, True)])
+def test_a_clip_is_silent_by_its_largest_magnitude_whatever_its_sign(tmp_path, peak, silent):
+    y = np.zeros(22050, np.float32)
+    y[100] = peak
+    sf.write(tmp_path / "quiet.wav", y, 22050, subtype="FLOAT")
+    if silent:
+        with pytest.raises(AudioError, match="silent"):
+            decode_clip(tmp_path / "quiet.wav", 30.0)
+    else:
+        assert decode_clip(tmp_path / "quiet.wav", 30.0)[0][100] == peak
 
 
 def test_a_manifest_pointing_at_missing_files_records_them(tmp_path, small_corpus, cli):

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from agf.engine import LOCAL, Engine, ray_actor_map
+from agf.engine import LOCAL, Engine, keep_freed_memory, ray_actor_map
 from agf.errors import AgfError
 from agf.models.calibration import calibrate
 from agf.models.cnn import EMBEDDING_DIM, ClipCNN, TransferMLP, inference_copy
@@ -186,6 +186,7 @@ def models_clip_outputs(models: list[tuple[ClipCNN, PatchReader]], track_ids: li
     The readers must read the same frames (one store's log-mel); each standardises with its own
     model's statistics, on ``device``.
     """
+    keep_freed_memory()  # each batch's activations reuse the last one's pages
     copies = [inference_copy(model, pick_precision(device, precision)) for model, _ in models]
     scales = [(torch.as_tensor(r.mean, dtype=torch.float32, device=device),
                torch.as_tensor(r.std, dtype=torch.float32, device=device)) for _, r in models]

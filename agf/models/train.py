@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from agf.engine import keep_freed_memory
 from agf.errors import AgfError
 from agf.models.calibration import calibrate, fit_temperature
 from agf.models.cnn import ClipCNN, soft_cross_entropy
@@ -160,6 +161,7 @@ class ClipCNNTrainer:
         if val_ids is None:
             val_ids, y_val = train_ids, y_train
         device = pick_device(params.device)
+        keep_freed_memory()  # each batch's activations and gradients reuse the last one's pages
         say(f"training {self.name} on {device} ({'mixed precision' if device.type == 'cuda' else 'float32'}): "
             f"{len(train_ids)} training / {len(val_ids)} validation tracks, {y_train.shape[1]} outputs", quiet)
         torch.manual_seed(params.seed)
