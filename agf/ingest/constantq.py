@@ -13,7 +13,6 @@ from functools import lru_cache
 
 import librosa
 import numpy as np
-import scipy.fft
 import scipy.sparse
 
 HOP_LENGTH = 512
@@ -123,10 +122,10 @@ def _spectrum(y: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     # librosa.stft(y, window="ones", pad_mode="constant", dtype=complex64), to the bit, for the
     # short transforms of the CQT, where librosa's own bookkeeping costs more than the FFTs:
     # centred frames of the zero-padded signal, transformed in float64 (as librosa's float64
-    # window makes them) by the same FFT, rounded to complex64; (1 + n_fft // 2, n_frames)
+    # window makes them) by librosa's FFT library, rounded to complex64; (1 + n_fft // 2, n_frames)
     padded = np.pad(y.astype(np.float64), n_fft // 2)
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
-    return scipy.fft.rfft(frames, axis=-1).astype(np.complex64).T
+    return librosa.get_fftlib().rfft(frames, axis=-1).astype(np.complex64).T
 
 
 def _stack(responses: list[np.ndarray]) -> np.ndarray:
