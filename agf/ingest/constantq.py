@@ -15,6 +15,8 @@ import librosa
 import numpy as np
 import scipy.sparse
 
+from agf.ingest.stft import centred_frames
+
 HOP_LENGTH = 512
 BINS_PER_OCTAVE = 12
 N_OCTAVES = 7
@@ -123,8 +125,7 @@ def _spectrum(y: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     # short transforms of the CQT, where librosa's own bookkeeping costs more than the FFTs:
     # centred frames of the zero-padded signal, transformed in float64 (as librosa's float64
     # window makes them) by librosa's FFT library, rounded to complex64; (1 + n_fft // 2, n_frames)
-    padded = np.pad(y.astype(np.float64), n_fft // 2)
-    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
+    frames = centred_frames(y.astype(np.float64), n_fft, hop)
     return librosa.get_fftlib().rfft(frames, axis=-1).astype(np.complex64).T
 
 

@@ -14,9 +14,8 @@ use_own_cache()  # before librosa imports numba
 
 import librosa  # noqa: E402
 import numpy as np  # noqa: E402
-import scipy.fft  # noqa: E402
-
 from agf.ingest.constantq import cqt_magnitude  # noqa: E402
+from agf.ingest.stft import power_spectrogram  # noqa: E402
 
 #: The seven statistics of FMA's features.py, in the order its sorted columns use.
 STATISTICS = ("kurtosis", "max", "mean", "median", "min", "skew", "std")
@@ -119,43 +118,6 @@ def mel_filters(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
     filters = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels)
     filters.flags.writeable = False
     return filters
-
-
-_STFT_BLOCK = 256  # frames
-
-
-@lru_cache(maxsize=8)
-def _hann(n_fft: int) -> np.ndarray:
-    return librosa.filters.get_window("hann", n_fft, fftbins=True).astype(np.float32)
-
-
-def power_spectrogram(y: np.ndarray, *, n_fft: int, hop_length: int) -> np.ndarray:
-    """Power spectrogram ``|librosa.stft(y, n_fft=n_fft, hop_length=hop_length)| ** 2`` to float
-    rounding: centred frames, zero-padded at the ends, periodic Hann window.
-
-    Parameters
-    ----------
-    y : np.ndarray, shape (n_samples,), float32
-    n_fft, hop_length : int
-        Frame and hop lengths in samples.
-
-    Returns
-    -------
-    np.ndarray, shape (1 + n_fft // 2, 1 + n_samples // hop_length), float32
-        Squared magnitudes. Computed from the transform's real and imaginary parts, without
-        the square root of a magnitude that would be squared again (about 1.6x faster).
-    """
-    padded = np.pad(y, n_fft // 2)
-    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length]
-    power = np.empty((len(frames), 1 + n_fft // 2), dtype=np.result_type(y.dtype, np.float32))
-    # in blocks of frames, so that a long clip holds no windowed copy or complex transform of
-    # all its frames at once (and each block's stay in cache)
-    for start in range(0, len(frames), _STFT_BLOCK):
-        spectrum = scipy.fft.rfft(frames[start : start + _STFT_BLOCK] * _hann(n_fft), axis=-1)
-        block = power[start : start + _STFT_BLOCK]
-        np.square(spectrum.real, out=block)
-        block += np.square(spectrum.imag)
-    return power.T
 
 
 class Spectra:

@@ -412,7 +412,7 @@ def ingest_parts(
         if candidate.path is None:
             settled.append(index)
             without_audio(index, candidate)
-            if len(batch) >= part_size:
+            if len(settled) >= part_size:
                 yield commit()
     files = [candidates[i] for i in audio]
     with progress_bar(len(files), "ingest", "files", quiet) as bar:

@@ -194,11 +194,12 @@ def models_clip_outputs(models: list[tuple[ClipCNN, PatchReader]], track_ids: li
     outputs = [(np.zeros((len(track_ids), EMBEDDING_DIM), np.float32), np.zeros((len(track_ids), m.n_outputs), np.float32))
                for m in copies]
     for rows, frames, windows, firsts in _patch_groups(models[0][1], track_ids, max(batch, 512)):
-        frames = frames.to(device)  # (frames of the group's clips, n_mels) float16: once for every model
+        # (frames of the group's clips, n_mels): moved as float16 and widened once for every model
+        frames = frames.to(device).float()
         counts = np.diff(np.append(firsts, len(windows)))[:, None]  # each clip's patches
         windows = windows.to(device)
         for copy, (mean, std), (embeddings, probabilities) in zip(copies, scales, outputs):
-            x = ((frames.float() - mean) / std)[windows]  # (patches, 43, n_mels)
+            x = ((frames - mean) / std)[windows]  # (patches, 43, n_mels)
             x = x.transpose(1, 2).unsqueeze(1).contiguous(memory_format=torch.channels_last)
             emb = torch.cat([copy.embed(x[i : i + batch]) for i in range(0, len(x), batch)])
             prob = torch.softmax(copy.head(emb), dim=1)

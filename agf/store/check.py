@@ -104,19 +104,20 @@ def _part_problem(store: Store, part: Path, schema: pa.Schema) -> str | None:
 def _frames(store: Store, checked: dict) -> list[dict]:
     out = []
     for kind in store.config["frames"]:
+        cache = FrameCache.of(store, kind)
         for path in sorted((store.root / "frames" / kind).glob("*/*.npy")):
             checked["frames"] = checked.get("frames", 0) + 1
-            problem = _frame_problem(store, path)
+            problem = _frame_problem(cache, path)
             if problem:
                 out.append(_finding("frames", kind, path, store.root, problem, _INGESTED))
     return out
 
 
-def _frame_problem(store: Store, path: Path) -> str | None:
+def _frame_problem(cache: FrameCache, path: Path) -> str | None:
     try:
         # read as every command reads frames: inside the store, a regular file, a valid .npy of
         # finite frames as wide as the store's settings say
-        frames = FrameCache.of(store, path.parent.parent.name).read(int(path.stem))
+        frames = cache.read(int(path.stem))
         if frames.dtype != np.float16:
             return f"holds {frames.dtype} of shape {frames.shape}, not float16 frames × bins"
     except ValueError:
