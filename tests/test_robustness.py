@@ -57,6 +57,24 @@ def test_first_runs_at_once_on_an_empty_compiled_cache_all_succeed_and_so_does_t
     assert again.returncode == 0 and json.loads(again.stdout)["ingested"] == 1, again.stderr
 
 
+FUSED_POOLING = """
+import torch
+from agf.models.fused import pool_elu
+x = torch.randn(4, 32, 8, 8).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+print(tuple(pool_elu(x, (2, 2)).shape), tuple(pool_elu(x, (2, 1)).shape))
+"""
+
+
+def test_bfloat16_inference_kernels_compile_once_into_agfs_cache_even_when_processes_start_together(tmp_path):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}  # empty: every process would compile
+    runs = [subprocess.Popen([sys.executable, "-c", FUSED_POOLING], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [(run.wait(timeout=600), *run.communicate()) for run in runs]
+    assert [code for code, _, _ in results] == [0, 0, 0], [err for _, _, err in results]
+    assert all(out.split() == ["(4,", "32,", "4,", "4)", "(4,", "32,", "4,", "8)"] for _, out, _ in results)
+    assert any("fused" in p.name for p in (tmp_path / "numba").rglob("*.nbi"))
+
+
 def test_a_file_name_that_is_not_utf8_is_ingested_and_shown_escaped(tmp_path, cli):
     folder = tmp_path / "audio"
     folder.mkdir()

@@ -86,10 +86,58 @@ def test_bfloat16_inference_stays_within_half_a_percent_and_does_not_depend_on_t
     with torch.no_grad():
         exact, approximate = model.embed(x), fast.embed(x.contiguous(memory_format=torch.channels_last))
         alone = torch.cat([fast.embed(x[i : i + 7].contiguous(memory_format=torch.channels_last)) for i in range(0, 40, 7)])
+        odd = fast.embed(x[:, :, :, :37].contiguous(memory_format=torch.channels_last)), model.embed(x[:, :, :, :37])
     assert approximate.dtype == torch.float32
     assert (approximate - exact).abs().max() < 0.005 * exact.abs().max()
     assert torch.nn.functional.cosine_similarity(approximate, exact).min() > 0.9999
     assert torch.allclose(alone, approximate, atol=1e-5)  # a track's embedding is not moved by its batch-mates
+    assert torch.nn.functional.cosine_similarity(*odd).min() > 0.9999  # odd sizes too
+
+
+def _pytorch_pool_elu(x: torch.Tensor, pool: tuple[int, int] | None) -> torch.Tensor:
+    """What the fused kernel stands for: PyTorch's float32 pooling and ELU, rounded to bfloat16."""
+    x = x.float()
+    return torch.nn.functional.elu(torch.nn.functional.max_pool2d(x, pool) if pool else x).to(torch.bfloat16)
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal to the bit (the sign of zero included), or NaN in both (whatever the payload)."""
+    a, b = a.contiguous(), b.contiguous()
+    nan = a.isnan()
+    return torch.equal(nan, b.isnan()) and torch.equal(a.view(torch.int16)[~nan], b.view(torch.int16)[~nan])
+
+
+@pytest.mark.parametrize("pool", [None, (2, 1), (2, 2)])
+def test_fused_pooling_and_elu_give_pytorchs_float32_result_rounded_for_every_bfloat16_value(pool):
+    from agf.models.fused import pool_elu
+
+    every = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)  # NaNs and infinities too
+    # 65,536 windows of 2 x 2, window i holding values i to i + 3: each value in each position once
+    windows = torch.stack([every.roll(-k) for k in range(4)], dim=1).reshape(16, 16, 16, 16, 2, 2)
+    x = windows.permute(0, 1, 2, 4, 3, 5).reshape(16, 16, 32, 32).contiguous(memory_format=torch.channels_last)
+    assert _same_bits(pool_elu(x, pool), _pytorch_pool_elu(x, pool))
+
+
+@given(st.integers(1, 5), st.sampled_from([1, 16, 32, 64]), st.integers(1, 9), st.integers(1, 9),
+       st.sampled_from([None, (2, 1), (2, 2)]), st.floats(1e-3, 1e3), st.booleans(), st.integers(1, 3))
+def test_fused_pooling_and_elu_take_any_shape_layout_and_number_of_threads(n, channels, height, width, pool, scale,
+                                                                          channels_last, threads):
+    from agf.models import fused
+
+    if pool and (height < pool[0] or width < pool[1]):
+        return
+    x = (torch.randn(n, channels, height, width) * scale).to(torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    before, fused.MIN_ROWS_PER_THREAD = fused.MIN_ROWS_PER_THREAD, 1  # small batches split too
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = fused.pool_elu(x, pool)
+    finally:
+        fused.MIN_ROWS_PER_THREAD = before
+        torch.set_num_threads(old_threads)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert _same_bits(out, _pytorch_pool_elu(x, pool))
 
 
 @given(st.integers(min_value=43, max_value=3000))

@@ -1,4 +1,5 @@
-"""librosa's compiled code: one numba cache that agf controls, filled once under a file lock.
+"""Compiled code, librosa's and agf's own (:mod:`agf.models.fused`): one numba cache that agf
+controls, filled once under a file lock.
 
 librosa compiles numba functions on first use and caches them beside its own sources. Two
 processes compiling at once (two first runs, worker processes, Ray workers sharing a virtualenv)
