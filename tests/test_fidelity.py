@@ -16,7 +16,7 @@ from agf.models.factors import FactorParams, build_factors, current_factors, dia
 from agf.store import Store
 from reference import reference_factors, soundtrack_precision, store_points
 
-SEEDS = range(5)
+SEEDS = range(12)
 
 
 @pytest.fixture(scope="module")

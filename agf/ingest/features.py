@@ -120,6 +120,44 @@ def mel_filters(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
     return filters
 
 
+@lru_cache(maxsize=32)
+def _mel_bands(sr: int, n_fft: int, n_mels: int) -> tuple[tuple[int, int, np.ndarray], ...]:
+    # each triangular filter's run of nonzero bins: (first, end, its weights there)
+    bands = []
+    for row in mel_filters(sr, n_fft, n_mels):
+        nonzero = np.flatnonzero(row)
+        first, end = (int(nonzero[0]), int(nonzero[-1]) + 1) if len(nonzero) else (0, 0)
+        bands.append((first, end, row[first:end]))
+    return tuple(bands)
+
+
+def mel_spectrogram(power: np.ndarray, *, sr: int, n_mels: int) -> np.ndarray:
+    """``mel_filters(sr, n_fft, n_mels) @ power``, each filter applied over its own bins only.
+
+    A mel filter spans a few frequency bins (1.5 % of the matrix is nonzero for 128 bands of a
+    1024-point transform): ~4x faster than the dense product, whose sums it equals to float32
+    rounding.
+
+    Parameters
+    ----------
+    power : np.ndarray, shape (1 + n_fft // 2, n_frames), float32
+        Power spectrogram.
+    sr : int
+        Sampling rate in Hz.
+    n_mels : int
+        Number of mel bands.
+
+    Returns
+    -------
+    np.ndarray, shape (n_mels, n_frames), float32
+    """
+    bands = _mel_bands(sr, 2 * (len(power) - 1), n_mels)
+    mel = np.empty((n_mels, power.shape[1]), np.float32)
+    for row, (first, end, weights) in enumerate(bands):
+        np.matmul(weights, power[first:end], out=mel[row])
+    return mel
+
+
 class Spectra:
     """The transforms of one clip ``y`` at ``sr`` Hz, each computed once on first use.
 
@@ -146,13 +184,13 @@ class Spectra:
 
         librosa's ``power_to_db(melspectrogram(y=y, ...))`` to float rounding (within 0.01 dB
         near the 80-dB floor, less above; tested), in about half its time: the power spectrum
-        straight from the transform, the mel filters built once per process and applied by one
-        matrix product.
+        straight from the transform, the mel filters built once per process, each applied over
+        its own bins (:func:`mel_spectrogram`).
         """
         key = (n_fft, hop_length, n_mels)
         if key not in self._log_mel:
             power = power_spectrogram(self.y, n_fft=n_fft, hop_length=hop_length)
-            self._log_mel[key] = librosa.power_to_db(mel_filters(self.sr, n_fft, n_mels) @ power)
+            self._log_mel[key] = librosa.power_to_db(mel_spectrogram(power, sr=self.sr, n_mels=n_mels))
         return self._log_mel[key]
 
     @cached_property
