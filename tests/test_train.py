@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from agf.ingest import collect, ingest
 from agf.ingest.synth import write_corpus
-from agf.models.cnn import ClipCNN, inference_copy, kl_divergence, soft_cross_entropy
+from agf.models.cnn import INFERENCE_REVISION, ClipCNN, inference_copy, kl_divergence, soft_cross_entropy
 from agf.models.data import ClipFrames, PatchReader, patch_starts, patch_windows
 from agf.models.factors import FactorParams, build_factors
 from agf.errors import AgfError
@@ -166,18 +166,25 @@ def test_several_cnns_read_each_clip_once_and_give_what_each_gives_alone_and_wha
     assert [len(reader.patches(t)) for t in ids[:3]] == [len(patch_starts(max(43, len(clips[t])))) for t in ids[:3]]
 
 
-def test_auto_precision_is_the_one_measured_faster_and_is_measured_once(monkeypatch, tmp_path):
+def test_auto_precision_is_the_one_measured_faster_and_is_measured_once_per_inference_revision(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(serving, "_MEASURED", {})
     cpu = torch.device("cpu")
     assert pick_precision(cpu, "fp32") == "fp32" and pick_precision(cpu, "bf16") == "bf16"
     chosen = pick_precision(cpu)
-    (record,) = json.loads((tmp_path / "agf" / "precision.json").read_text()).values()
+    cache = tmp_path / "agf" / "precision.json"
+    ((key, record),) = json.loads(cache.read_text()).items()
+    assert key.endswith(f":inference {INFERENCE_REVISION}")
     speed = record["patches_per_s"]
     assert chosen == record["precision"] == ("bf16" if speed["bf16"] >= serving.BF16_MARGIN * speed["fp32"] else "fp32")
-    written = (tmp_path / "agf" / "precision.json").stat().st_mtime_ns
+    written = cache.stat().st_mtime_ns
     monkeypatch.setattr(serving, "_MEASURED", {})  # a new process: reads what was measured, times nothing
-    assert pick_precision(cpu) == chosen and (tmp_path / "agf" / "precision.json").stat().st_mtime_ns == written
+    assert pick_precision(cpu) == chosen and cache.stat().st_mtime_ns == written
+    # an agf whose inference arithmetic changed does not trust the old measurement: it times again
+    monkeypatch.setattr(serving, "_MEASURED", {})
+    monkeypatch.setattr(serving, "INFERENCE_REVISION", INFERENCE_REVISION + 1)
+    pick_precision(cpu)
+    assert len(json.loads(cache.read_text())) == 2
     with pytest.raises(AgfError, match="unknown precision 'fp16'; choose auto, fp32, bf16"):
         pick_precision(cpu, "fp16")
 

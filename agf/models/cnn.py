@@ -15,6 +15,10 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 PATCH_FRAMES = 43  # about 1 s at 22,050 Hz, hop 512
 EMBEDDING_DIM = 256
+#: The revision of :func:`inference_copy`'s arithmetic. Which precision runs faster is measured
+#: once per machine and revision (agf.models.serving.measured_precision), so a change that makes
+#: one of them faster is measured again. 2: pooling and ELU fused in bfloat16 on the CPU.
+INFERENCE_REVISION = 2
 
 
 def _block(c_in: int, c_out: int, kernel: int, pool: tuple[int, int] | None, dropout: float) -> nn.Sequential:

@@ -20,7 +20,7 @@ import torch
 from agf.engine import LOCAL, Engine, keep_freed_memory, ray_actor_map
 from agf.errors import AgfError
 from agf.models.calibration import calibrate
-from agf.models.cnn import EMBEDDING_DIM, ClipCNN, TransferMLP, inference_copy
+from agf.models.cnn import EMBEDDING_DIM, INFERENCE_REVISION, ClipCNN, TransferMLP, inference_copy
 from agf.models.data import PatchReader, patch_windows
 from agf.models.factors import CNN_TARGETS
 from agf.progress import say
@@ -61,13 +61,14 @@ def measured_precision(device: torch.device) -> str:
     else 'fp32'.
 
     Timed once per machine (the CNN on a few batches of patches, about a second), then
-    remembered in ``$XDG_CACHE_HOME/agf/precision.json`` under the device's name and torch's
-    version: a CPU flag says what the hardware has, not what runs faster
+    remembered in ``$XDG_CACHE_HOME/agf/precision.json`` under the device's name, torch's
+    version and :data:`~agf.models.cnn.INFERENCE_REVISION`: a CPU flag says what the hardware
+    has, not what runs faster
     (a CPU with AVX512-BF16 was measured slower in bfloat16 on one machine of this kind).
     """
     # not the thread count: a Ray actor (one thread) and its driver must choose alike, or their
     # embeddings of one clip would differ
-    key = f"{device.type}:{_device_name(device)}:torch {torch.__version__}"
+    key = f"{device.type}:{_device_name(device)}:torch {torch.__version__}:inference {INFERENCE_REVISION}"
     if key in _MEASURED:
         return _MEASURED[key]
     path = precision_cache()
