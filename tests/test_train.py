@@ -2,6 +2,9 @@
 
 import gc
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +143,14 @@ def test_fused_pooling_and_elu_take_any_shape_layout_and_number_of_threads(n, ch
     assert _same_bits(out, _pytorch_pool_elu(x, pool))
 
 
+@pytest.mark.parametrize("own, spin", [({}, "3000"), ({"GOMP_SPINCOUNT": "7"}, "7"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "None")])
+def test_pytorchs_openmp_threads_spin_briefly_unless_the_user_chose_a_policy(own, spin):
+    environment = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    shown = subprocess.run([sys.executable, "-c", "import agf.models, os; print(os.environ.get('GOMP_SPINCOUNT'))"],
+                           env={**environment, **own}, capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == spin
+
+
 @given(st.integers(min_value=43, max_value=3000))
 def test_inference_patches_see_every_frame_of_a_clip_once_but_at_its_end(n_frames):
     starts = patch_starts(n_frames)
@@ -243,7 +254,12 @@ def test_the_whole_learning_half_runs_and_is_evaluated_side_by_side(trainable, c
     models = store.query("SELECT kind, target, metrics FROM models WHERE target = 'genre'").to_pylist()
     assert all(json.loads(m["metrics"])["temperature"] > 0 for m in models)  # both genre models are calibrated
     random = cli("evaluate", "--split", "random", "--out", tmp_path / "r2", "--store", trainable, "--json", "--full")
-    assert json.loads(random.stdout)["test_artists_also_in_training"] > 0  # said plainly, not hidden
+    random = json.loads(random.stdout)
+    assert random["test_artists_also_in_training"] > 0  # said plainly, not hidden
+    # the models were trained on the artist split: on a random split they have seen test tracks, and it says so
+    seen = [w for w in random["warnings"] if "were in the training or validation split" in w]
+    assert {w.split(":")[0] for w in seen} == {n for n in random["models"] if not n.startswith("baseline")}
+    assert all("--split auto --seed 0" in w for w in seen)
     exact = cli("evaluate", "--precision", "fp32", "--out", tmp_path / "r3", "--store", trainable, "--json", "--full")
     exact = json.loads(exact.stdout)
     assert exact["precision"] == "fp32" and report["precision"] in ("fp32", "bf16")

@@ -3,9 +3,10 @@
 Models: the genre-only CNN, the transfer MLP, and a baseline (logistic regression on the
 ``fma`` features, or on ``mfcc`` features when ``fma`` is not stored). Metrics on the test split:
 accuracy, macro-F1, mean log loss over the genres, expected calibration error, per-genre
-precision and recall, a confusion matrix and a reliability diagram. The split is the same one
-training used (same method and seed). A test split too small or too narrow to tell models apart
-is said so, in the report's ``warnings``.
+precision and recall, a confusion matrix and a reliability diagram. The split is drawn as
+training drew it (the same method and seed); a model trained with another split or seed, which
+may have learned some of the test tracks, is said so, and so is a test split too small or too
+narrow to tell models apart: in the report's ``warnings``.
 """
 
 import json
@@ -18,9 +19,9 @@ from agf.models.calibration import calibrate, reliability
 from agf.models.data import assign_splits
 from agf.models.train import all_tracks, genre_classes
 from agf.models.serving import clip_outputs, load_cnn, pick_device, pick_precision
-from agf.models.serving import transfer_probabilities
+from agf.models.serving import load_transfer, transfer_probabilities
 from agf.store import Store
-from agf.store.registry import latest_model
+from agf.store.registry import latest_model, model_row
 
 
 def _baseline(store: Store, tracks: list[dict], splits: dict, classes: list[str], test: list[dict], seed: int):
@@ -83,15 +84,20 @@ def evaluate(store: Store, split: str = "auto", seed: int = 0, out_dir: Path | N
     test_ids = [t["track_id"] for t in test]
     train_artists = {t["artist_id"] for t in tracks if splits[t["track_id"]] == "training"}
     models: dict[str, np.ndarray] = {}
+    fitted: dict[str, list[str]] = {}  # each scored model's name -> the ids of every model fitted for it
     if (row := latest_model(store, "cnn", "genre")) is not None:
         model, spectra, config = load_cnn(store, row["model_id"])
         _, p = clip_outputs(model, spectra, test_ids, device, precision=precision)
-        models[f"genre CNN ({row['model_id']})"] = _align(calibrate(p, config.get("temperature", 1.0)),
-                                                          config["classes"], classes)
+        name = f"genre CNN ({row['model_id']})"
+        models[name] = _align(calibrate(p, config.get("temperature", 1.0)), config["classes"], classes)
+        fitted[name] = [row["model_id"]]
     if (row := latest_model(store, "transfer", "genre")) is not None:
         model_classes, p = transfer_probabilities(store, row["model_id"], test_ids)
-        models[f"transfer MLP ({row['model_id']})"] = _align(p, model_classes, classes)
+        name = f"transfer MLP ({row['model_id']})"
+        models[name] = _align(p, model_classes, classes)
+        fitted[name] = [row["model_id"], *load_transfer(store, row["model_id"])[1]["models"]]  # and the CNNs it reads
     trained = bool(models)
+    leaks = [warning for name, ids in fitted.items() for warning in trained_on_test(store, name, ids, tracks, test_ids)]
     baseline, feature = _baseline(store, tracks, splits, classes, test, seed)
     if baseline is not None:
         models[f"baseline: logistic regression on {feature}"] = baseline
@@ -100,7 +106,7 @@ def evaluate(store: Store, split: str = "auto", seed: int = 0, out_dir: Path | N
         "test_artists": len({t["artist_id"] for t in test}),
         "test_artists_also_in_training": len({t["artist_id"] for t in test} & train_artists),
         "support": {c: y_true.count(c) for c in classes},
-        "warnings": inconclusive(y_true) + ([] if trained else [
+        "warnings": inconclusive(y_true) + leaks + ([] if trained else [
             "no trained genre model yet, only the baseline is scored: run `agf train --target all`, `agf embed` and "
             "`agf train --target transfer`"]),
         "models": {name: scores(y_true, p, classes) for name, p in models.items()},
@@ -113,6 +119,30 @@ def evaluate(store: Store, split: str = "auto", seed: int = 0, out_dir: Path | N
         _plot_reliability(report, out_dir / "reliability.png")
         report["files"] = [str(out_dir / name) for name in ("report.json", "confusion.png", "reliability.png")]
     return report
+
+
+def trained_on_test(store: Store, name: str, model_ids: list[str], tracks: list[dict], test_ids: list[int]) -> list[str]:
+    """Warnings for the models of ``model_ids`` (those behind the scored model ``name``) that were
+    fitted or stopped early on any of ``test_ids``: their training and validation splits are
+    drawn again from the ``split`` and ``seed`` each recorded. Empty when none was.
+
+    A model trained with another ``--split`` or ``--seed`` than the evaluation's may have learned
+    its test tracks, and its scores would then be no test.
+    """
+    warnings = []
+    for model_id in model_ids:
+        try:
+            params = json.loads(model_row(store, model_id)["params"] or "{}")
+            splits = assign_splits(tracks, str(params.get("split", "auto")), int(params.get("seed", 0)))
+        except (AgfError, ValueError, TypeError, AttributeError) as exc:
+            warnings.append(f"{name}: cannot tell which tracks {model_id} was trained on ({exc}); its scores may not be a test")
+            continue
+        seen = sum(splits.get(t) in ("training", "validation") for t in test_ids)
+        if seen:
+            warnings.append(f"{name}: {seen} of the {len(test_ids)} test tracks were in the training or validation split "
+                            f"of {model_id} (--split {params.get('split', 'auto')} --seed {params.get('seed', 0)}): its "
+                            "scores there are not a test; evaluate with the split and seed it was trained with")
+    return warnings
 
 
 #: Fewer test tracks than this and the scores' noise hides most differences between models.
