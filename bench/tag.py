@@ -12,7 +12,9 @@ are tagged into copies of that store:
 - ``one at a time``: the same work file by file (one worker, one forward per file's patches,
   two commits per file, float32), the straightforward loop.
 
-Prints tracks/s, the share of time per stage and peak memory; on a GPU the same again there.
+Prints tracks/s, the CPU time per track (this process and its ingest workers: steadier than
+tracks/s on a shared machine), the share of time per stage and peak memory; on a GPU the same
+again there.
 The feature code is warmed up first and its one-off cost printed apart: a fresh process pays
 ~2 s of lazy imports once, which a long run amortises (``agf tag`` pays it on its first chunk).
 
@@ -65,18 +67,25 @@ def trained_store(root: Path) -> Path:
     return root / "store"
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children that have ended (the ingest workers), s."""
+    return sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+
+
 def run(store_dir: Path, files: list[Path], chunk_size: int, workers: int, device: str, precision: str) -> dict:
     candidates = read_files(files)
     with Store.open(store_dir, write=True) as store:
         tagger = Tagger(store, device=device, precision=precision)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds()
         done, errors = 0, []
         for row in tagger.tag(candidates, chunk_size=chunk_size, workers=workers, quiet=True):  # streamed, as the CLI does
             done, errors = done + 1, errors + ([row["error"]] if row["error"] else [])
         seconds = time.perf_counter() - started
+    cpu = cpu_seconds() - cpu  # after the store closes: the tagging's workers have ended by then
     assert not errors, errors
     return {"files": done, "tracks_per_s": done / seconds, "seconds": seconds, "cnns": len(tagger.cnns),
-            "precision": tagger.precision, "shares": {s: tagger.seconds[s] / seconds for s in STAGES}}
+            "cpu_ms_per_track": 1000 * cpu / done, "precision": tagger.precision,
+            "shares": {s: tagger.seconds[s] / seconds for s in STAGES}}
 
 
 def peak_mb() -> float:
@@ -134,8 +143,9 @@ def main() -> None:
                 shutil.copytree(trained, copy)
                 result = run(copy, chosen, chunk, workers or None, device, precision)
                 shares = ", ".join(f"{s} {100 * v:.0f}%" for s, v in result["shares"].items())
-                print(f"{device:4s} {label:14s}: {result['tracks_per_s']:6.2f} tracks/s over {len(chosen)} clips "
-                      f"({result['cnns']} CNNs, {result['precision']}; {shares})", flush=True)
+                print(f"{device:4s} {label:14s}: {result['tracks_per_s']:6.2f} tracks/s over {len(chosen)} clips, "
+                      f"{result['cpu_ms_per_track']:.0f} ms of CPU a track ({result['cnns']} CNNs, "
+                      f"{result['precision']}; {shares})", flush=True)
                 figures[f"{device} {label}"] = result
     print(f"peak memory: {peak_mb():.0f} MB")
     if len(devices) == 1:
@@ -143,6 +153,7 @@ def main() -> None:
     if args.json:
         default = figures["cpu batched"]
         print(json.dumps({"tracks_per_s": round(default["tracks_per_s"], 2), "precision": default["precision"],
+                          "cpu_ms_per_track": round(default["cpu_ms_per_track"], 1),
                           "tracks_per_s_fp32": round(figures["cpu batched fp32"]["tracks_per_s"], 2),
                           "baseline_one_at_a_time_tracks_per_s": round(figures["cpu one at a time"]["tracks_per_s"], 2),
                           "cuda_tracks_per_s": round(figures["cuda batched"]["tracks_per_s"], 2) if "cuda batched" in figures else None,
