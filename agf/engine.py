@@ -9,6 +9,7 @@ store the same way whichever engine computed them. On Ray, every node must reach
 path (a shared file system) to read frames and models.
 """
 
+import functools
 import os
 import pickle
 import signal
@@ -55,9 +56,9 @@ def usable_cores() -> int:
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-_KEEPING_FREED_MEMORY: list[bool] = []
 
 
+@functools.cache  # once per process
 def keep_freed_memory() -> None:
     """Have this process's allocator keep the memory it frees for its next allocations instead of
     handing it back to the system, from now on.
@@ -70,9 +71,6 @@ def keep_freed_memory() -> None:
     top not trimmed, the process stays at its peak size instead. glibc only; elsewhere, nothing
     changes.
     """
-    if _KEEPING_FREED_MEMORY:
-        return
-    _KEEPING_FREED_MEMORY.append(True)
     import ctypes
 
     try:

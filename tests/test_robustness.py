@@ -41,15 +41,19 @@ def copy_of(source: Path, tmp_path: Path) -> Path:
     return root
 
 
+def at_once(commands: list[list[str]], env: dict) -> list[tuple[int, str, str]]:
+    """Start every command together; (exit status, stdout, stderr) of each, in order."""
+    runs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
+    return [(run.wait(timeout=600), *run.communicate()) for run in runs]
+
+
 def test_first_runs_at_once_on_an_empty_compiled_cache_all_succeed_and_so_does_the_next(tmp_path):
     folder = tmp_path / "audio"
     folder.mkdir()
     tone(folder / "a.wav", 440.0)
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}  # empty: every run would compile
     command = [*AGF, "ingest", str(folder), "--features", "fma", "--workers", "1", "--quiet", "--json"]
-    runs = [subprocess.Popen([*command, "--store", str(tmp_path / f"s{i}")], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for i in range(3)]
-    results = [(run.wait(timeout=600), *run.communicate()) for run in runs]
+    results = at_once([[*command, "--store", str(tmp_path / f"s{i}")] for i in range(3)], env)
     assert [code for code, _, _ in results] == [0, 0, 0], [err for _, _, err in results]
     assert all(json.loads(out)["ingested"] == 1 for _, out, _ in results)
     assert (tmp_path / "numba" / ".agf-compile.lock").exists() and any((tmp_path / "numba").rglob("*.nbi"))
@@ -67,9 +71,7 @@ print(tuple(pool_elu(x, (2, 2)).shape), tuple(pool_elu(x, (2, 1)).shape))
 
 def test_bfloat16_inference_kernels_compile_once_into_agfs_cache_even_when_processes_start_together(tmp_path):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}  # empty: every process would compile
-    runs = [subprocess.Popen([sys.executable, "-c", FUSED_POOLING], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for _ in range(3)]
-    results = [(run.wait(timeout=600), *run.communicate()) for run in runs]
+    results = at_once([[sys.executable, "-c", FUSED_POOLING]] * 3, env)
     assert [code for code, _, _ in results] == [0, 0, 0], [err for _, _, err in results]
     assert all(out.split() == ["(4,", "32,", "4,", "4)", "(4,", "32,", "4,", "8)"] for _, out, _ in results)
     assert any("fused" in p.name for p in (tmp_path / "numba").rglob("*.nbi"))

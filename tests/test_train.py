@@ -3,6 +3,7 @@
 import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -175,6 +176,21 @@ def test_several_cnns_read_each_clip_once_and_give_what_each_gives_alone_and_wha
             plain = np.stack([model.embed(torch.from_numpy(reader.patches(t)[:, None])).mean(dim=0).numpy() for t in ids])
         assert np.abs(plain - embeddings).max() < 1e-4 * np.abs(plain).max()
     assert [len(reader.patches(t)) for t in ids[:3]] == [len(patch_starts(max(43, len(clips[t])))) for t in ids[:3]]
+
+
+@pytest.mark.parametrize("params", [[], {"seed": "x"}, {"seed": -1}, {"split": "nonsense"}, {"split": ["artist"]}])
+def test_a_model_row_whose_split_cannot_be_drawn_again_is_a_warning_not_a_crash(trainable, tmp_path, params):
+    from agf.app.evaluate import trained_on_test
+    from agf.store.registry import save_model
+
+    shutil.copytree(trainable, tmp_path / "store")
+    with Store.open(tmp_path / "store", write=True) as store:
+        model_id = save_model(store, "probe", "genre", b"weights", params, {}, "model.pt")
+        tracks = all_tracks(store)
+        (warning,) = trained_on_test(store, "probe", [model_id], tracks, [t["track_id"] for t in tracks])
+        (missing,) = trained_on_test(store, "probe", ["no-such-model"], tracks, [t["track_id"] for t in tracks])
+    assert warning.startswith(f"probe: cannot tell which tracks {model_id} was trained on (") and "\n" not in warning
+    assert missing.startswith("probe: cannot tell which tracks no-such-model was trained on (no model 'no-such-model'")
 
 
 def test_auto_precision_is_the_one_measured_faster_and_is_measured_once_per_inference_revision(monkeypatch, tmp_path):

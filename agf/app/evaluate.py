@@ -92,10 +92,11 @@ def evaluate(store: Store, split: str = "auto", seed: int = 0, out_dir: Path | N
         models[name] = _align(calibrate(p, config.get("temperature", 1.0)), config["classes"], classes)
         fitted[name] = [row["model_id"]]
     if (row := latest_model(store, "transfer", "genre")) is not None:
-        model_classes, p = transfer_probabilities(store, row["model_id"], test_ids)
+        loaded = load_transfer(store, row["model_id"])
+        model_classes, p = transfer_probabilities(store, row["model_id"], test_ids, loaded)
         name = f"transfer MLP ({row['model_id']})"
         models[name] = _align(p, model_classes, classes)
-        fitted[name] = [row["model_id"], *load_transfer(store, row["model_id"])[1]["models"]]  # and the CNNs it reads
+        fitted[name] = [row["model_id"], *loaded[1]["models"]]  # and the CNNs it reads
     trained = bool(models)
     leaks = [warning for name, ids in fitted.items() for warning in trained_on_test(store, name, ids, tracks, test_ids)]
     baseline, feature = _baseline(store, tracks, splits, classes, test, seed)

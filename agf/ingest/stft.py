@@ -37,12 +37,12 @@ def power_spectrogram(y: np.ndarray, *, n_fft: int, hop_length: int) -> np.ndarr
         Squared magnitudes. Computed from the transform's real and imaginary parts, without
         the square root of a magnitude that would be squared again (about 1.6x faster).
     """
-    frames = centred_frames(y, n_fft, hop_length)
+    frames, window = centred_frames(y, n_fft, hop_length), _hann(n_fft)
     power = np.empty((len(frames), 1 + n_fft // 2), dtype=np.result_type(y.dtype, np.float32))
     # in blocks of frames, so that a long clip holds no windowed copy or complex transform of
     # all its frames at once (and each block's stay in cache)
     for start in range(0, len(frames), _STFT_BLOCK):
-        spectrum = scipy.fft.rfft(frames[start : start + _STFT_BLOCK] * _hann(n_fft), axis=-1)
+        spectrum = scipy.fft.rfft(frames[start : start + _STFT_BLOCK] * window, axis=-1)
         block = power[start : start + _STFT_BLOCK]
         np.square(spectrum.real, out=block)
         block += np.square(spectrum.imag)
