@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from agf.ingest import collect, ingest
 from agf.ingest.metadata import read_files
 from agf.ingest.pipeline import ExtractConfig, warm_up
@@ -46,8 +48,6 @@ from agf.models.serving import embed
 from agf.models.transfer import TransferParams, train_transfer
 from agf.store import Store
 from agf.store.store import DEFAULT_CONFIG
-
-import torch  # after agf.models, which sets PyTorch's OpenMP spin before torch loads, as the CLI does
 
 ROOT = Path(__file__).resolve().parents[1]
 # the clips tagged: the game-music clips, or AGF_TAG_FOLDER's MP3s (bench/gpu.sh gives 1,000)

@@ -18,12 +18,11 @@ import json
 import time
 
 import numpy as np
+import torch
 
 from agf.models.data import ClipFrames, PatchReader
 from agf.models.serving import clip_outputs, pick_precision
 from agf.models.train import ClipCNNTrainer, TrainParams
-
-import torch  # after agf.models, which sets PyTorch's OpenMP spin before torch loads, as the CLI does
 
 
 def synthetic_clips(n_tracks: int) -> tuple[PatchReader, np.ndarray]:

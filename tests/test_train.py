@@ -2,10 +2,7 @@
 
 import gc
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +19,7 @@ from agf.models.factors import FactorParams, build_factors
 from agf.errors import AgfError
 from agf.models.train import TrainParams, all_tracks, fit_cnn, save_cnn
 from agf.models import serving
-from agf.models.serving import clip_outputs, load_cnn, models_clip_outputs, pick_precision
+from agf.models.serving import clip_outputs, forward_threads, load_cnn, models_clip_outputs, pick_precision
 from agf.store import Store
 
 QUICK = TrainParams(epochs=2, crops_per_track=2, batch_size=16, patience=2)
@@ -123,33 +120,50 @@ def test_fused_pooling_and_elu_give_pytorchs_float32_result_rounded_for_every_bf
 
 
 @given(st.integers(1, 5), st.sampled_from([1, 16, 32, 64]), st.integers(1, 9), st.integers(1, 9),
-       st.sampled_from([None, (2, 1), (2, 2)]), st.floats(1e-3, 1e3), st.booleans(), st.integers(1, 3))
-def test_fused_pooling_and_elu_take_any_shape_layout_and_number_of_threads(n, channels, height, width, pool, scale,
-                                                                          channels_last, threads):
-    from agf.models import fused
+       st.sampled_from([None, (2, 1), (2, 2)]), st.floats(1e-3, 1e3), st.booleans())
+def test_fused_pooling_and_elu_take_any_shape_and_layout(n, channels, height, width, pool, scale, channels_last):
+    from agf.models.fused import pool_elu
 
     if pool and (height < pool[0] or width < pool[1]):
         return
     x = (torch.randn(n, channels, height, width) * scale).to(torch.bfloat16)
     x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-    before, fused.MIN_ROWS_PER_THREAD = fused.MIN_ROWS_PER_THREAD, 1  # small batches split too
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        out = fused.pool_elu(x, pool)
-    finally:
-        fused.MIN_ROWS_PER_THREAD = before
-        torch.set_num_threads(old_threads)
+    out = pool_elu(x, pool)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert _same_bits(out, _pytorch_pool_elu(x, pool))
 
 
-@pytest.mark.parametrize("own, spin", [({}, "3000"), ({"GOMP_SPINCOUNT": "7"}, "7"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "None")])
-def test_pytorchs_openmp_threads_spin_briefly_unless_the_user_chose_a_policy(own, spin):
-    environment = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    shown = subprocess.run([sys.executable, "-c", "import agf.models, os; print(os.environ.get('GOMP_SPINCOUNT'))"],
-                           env={**environment, **own}, capture_output=True, text=True, check=True)
-    assert shown.stdout.strip() == spin
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_forward_passes_side_by_side_on_the_cpus_threads_give_what_one_thread_gives(precision):
+    rng = np.random.default_rng(5)
+    clips = {t: rng.normal(-40, 10, size=(n, 128)).astype(np.float16) for t, n in zip(range(1, 30), rng.integers(20, 1400, 29))}
+    torch.manual_seed(1)
+    models = [(ClipCNN(k).eval(), PatchReader(ClipFrames(clips), 128, rng.normal(-40, 1, 128).astype(np.float32),
+                                               rng.uniform(5, 15, 128).astype(np.float32))) for k in (4, 8, 3)]
+    before = torch.get_num_threads()
+    outputs = {}
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            outputs[threads] = models_clip_outputs(models, list(clips), torch.device("cpu"), batch_patches=16,
+                                                   precision=precision)
+            assert torch.get_num_threads() == threads  # PyTorch's own thread count is given back
+    finally:
+        torch.set_num_threads(before)
+    for (one, one_p), (three, three_p) in zip(outputs[1], outputs[3]):
+        assert np.array_equal(one, three) and np.array_equal(one_p, three_p)
+
+
+def test_a_failing_forward_pass_on_a_forward_thread_is_raised_and_the_thread_count_given_back():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError), forward_threads(torch.device("cpu")) as submit:
+            assert torch.get_num_threads() == 1
+            submit(torch.mm, torch.ones(2, 3), torch.ones(2, 3)).result()  # shapes that do not multiply
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 @given(st.integers(min_value=43, max_value=3000))

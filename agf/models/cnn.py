@@ -17,8 +17,9 @@ PATCH_FRAMES = 43  # about 1 s at 22,050 Hz, hop 512
 EMBEDDING_DIM = 256
 #: The revision of :func:`inference_copy`'s arithmetic. Which precision runs faster is measured
 #: once per machine and revision (agf.models.serving.measured_precision), so a change that makes
-#: one of them faster is measured again. 2: pooling and ELU fused in bfloat16 on the CPU.
-INFERENCE_REVISION = 2
+#: one of them faster is measured again. 2: pooling and ELU fused in bfloat16 on the CPU; 3: a
+#: CPU's threads each run whole forward passes (agf.models.serving.forward_threads).
+INFERENCE_REVISION = 3
 
 
 def _block(c_in: int, c_out: int, kernel: int, pool: tuple[int, int] | None, dropout: float) -> nn.Sequential:

@@ -10,12 +10,10 @@ pooling and ELU rounded to bfloat16, bit for bit, for every input (tested over e
 bfloat16 value, NaN and infinities included).
 
 Activations are channels-last (``torch.channels_last``), as the inference copy keeps them, and
-are read as their 16-bit patterns. A batch's rows are shared among as many threads as PyTorch
-uses; the kernels release the GIL.
+are read as their 16-bit patterns. One call runs on the calling thread; the kernels release the
+GIL, so that forward passes on several threads (:func:`agf.models.serving.forward_threads`) run
+side by side.
 """
-
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -35,8 +33,6 @@ _LN2_HIGH, _LN2_LOW = np.float32(0.693359375), np.float32(-2.12194440e-4)
 # Taylor-like coefficients of (e^r - 1 - r) / r^2 on |r| <= ln 2 / 2 (Cephes' expf), float32-accurate
 _EXP_COEFFICIENTS = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
                                                      4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
-#: Rows of a batch below which the work is not split among threads (a thread's start costs more).
-MIN_ROWS_PER_THREAD = 64
 
 
 @numba.njit(inline="always", fastmath=_FAST)
@@ -100,11 +96,6 @@ def _squares_kernel(src, dst, start, stop):
                 dst[n, h, w, c] = _elu_bits(_max(top, bottom))
 
 
-# made on first use; a forked child, whose copy would have no threads, makes its own
-_THREADS: list[ThreadPoolExecutor] = []
-os.register_at_fork(after_in_child=_THREADS.clear)
-
-
 def pool_elu(x: torch.Tensor, pool: tuple[int, int] | None) -> torch.Tensor:
     """ELU of ``x``'s max-pooling, in one pass: bfloat16 on the CPU.
 
@@ -136,7 +127,8 @@ def pool_elu(x: torch.Tensor, pool: tuple[int, int] | None) -> torch.Tensor:
         src, dst = src.reshape(n, height, width * channels), dst.reshape(n, height // ph, width * channels)
     else:
         kernel = _squares_kernel
-    _run(kernel, src, dst, n * (height // ph))
+    _compile(kernel, src, dst)
+    kernel(src, dst, 0, n * (height // ph))
     return out
 
 
@@ -145,23 +137,18 @@ def _bits(x: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).view(torch.int16).numpy().view(np.uint16)
 
 
-def _run(kernel, src: np.ndarray, dst: np.ndarray, rows: int) -> None:
-    """``kernel`` over ``rows`` output rows, split among PyTorch's number of threads."""
-    _compile(kernel, src, dst)
-    threads = max(1, min(torch.get_num_threads(), rows // MIN_ROWS_PER_THREAD))
-    bounds = [rows * i // threads for i in range(threads + 1)]
-    if threads > 1 and not _THREADS:
-        _THREADS.append(ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="agf-pool-elu"))
-    others = [_THREADS[0].submit(kernel, src, dst, bounds[i], bounds[i + 1]) for i in range(1, threads)]
-    kernel(src, dst, bounds[0], bounds[1])
-    for future in others:
-        future.result()
-
-
 def _compile(kernel, src: np.ndarray, dst: np.ndarray) -> None:
     """Compile ``kernel`` for these arrays' types, or load it from the cache, if this process has
     not: under agf's compile lock, so that two processes never write the cache at once."""
-    types = (numba.typeof(src), numba.typeof(dst))
-    if not any(signature[:2] == types for signature in kernel.signatures):
+    key = (kernel, _array_kind(src), _array_kind(dst))  # what numba's type of them depends on, cheaply
+    if key not in _COMPILED:
         with compile_lock():
             kernel(src, dst, 0, 0)
+        _COMPILED.add(key)
+
+
+_COMPILED: set[tuple] = set()  # inherited by a forked child, whose numba has the same kernels
+
+
+def _array_kind(a: np.ndarray) -> tuple:
+    return a.dtype, a.ndim, a.flags.c_contiguous, a.flags.f_contiguous, a.flags.writeable, a.flags.aligned
