@@ -105,8 +105,7 @@ def _patches_per_second(device: torch.device, rounds: int = 5) -> dict[str, floa
     """Patches per second of an untrained CNN's embedding in each precision, run as inference
     runs there (batches side by side on a CPU's threads, :func:`forward_threads`): the best of
     ``rounds``, the two timed in turn so that a busy spell of the machine hits both alike."""
-    batch = forward_patches(device)
-    side_by_side = torch.get_num_threads() if device.type == "cpu" else 1
+    batch, side_by_side = forward_patches(device), forward_width(device)
     generator = torch.Generator().manual_seed(0)
     models = {p: inference_copy(ClipCNN(8).to(device), p) for p in ("fp32", "bf16")}
     frames = torch.randn(batch * PATCH_FRAMES, 128, generator=generator).to(device)
@@ -201,8 +200,9 @@ def models_clip_outputs(models: list[tuple[ClipCNN, PatchReader]], track_ids: li
     batch = batch_patches or forward_patches(device)
     outputs = [(np.zeros((len(track_ids), EMBEDDING_DIM), np.float32), np.zeros((len(track_ids), m.n_outputs), np.float32))
                for m in copies]
+    group = max(batch * forward_width(device), 512)  # patches: a batch of each model for every forward thread
     with forward_threads(device) as submit:
-        for rows, frames, windows, firsts in _patch_groups(models[0][1], track_ids, max(batch, 512)):
+        for rows, frames, windows, firsts in _patch_groups(models[0][1], track_ids, group):
             # (frames of the group's clips, n_mels): moved as float16 and widened once for every model
             frames = frames.to(device).float()
             counts = np.diff(np.append(firsts, len(windows)))[:, None]  # each clip's patches
@@ -238,8 +238,8 @@ def forward_threads(device: torch.device) -> Iterator[Callable[..., Future]]:
     PyTorch's thread count is process-wide, so other PyTorch work of this process runs on one
     thread while the block lasts.
     """
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
+    threads = forward_width(device)
+    if threads == 1:
         yield _run_now
         return
     pool, pending = _forward_pool(threads), set()
@@ -257,6 +257,12 @@ def forward_threads(device: torch.device) -> Iterator[Callable[..., Future]]:
         for future in list(pending):  # left by an error or an interruption: not to run on unasked
             future.cancel()
         torch.set_num_threads(threads)
+
+
+def forward_width(device: torch.device) -> int:
+    """Forward passes that :func:`forward_threads` runs at once on ``device``: PyTorch's thread
+    count on a CPU, else 1."""
+    return torch.get_num_threads() if device.type == "cpu" else 1
 
 
 @functools.cache
