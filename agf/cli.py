@@ -363,6 +363,8 @@ def train(
     crops_per_track: Annotated[int, typer.Option(help="Random 1-s patches drawn per training track per epoch.")] = 8,
     patience: Annotated[int | None, typer.Option(help="Epochs without a better validation loss before stopping.")] = None,
     models: Annotated[str, typer.Option(help="Transfer inputs: 'all' (newest CNN per target) or model ids, comma-separated.")] = "all",
+    refit: Annotated[bool, typer.Option(help="Transfer: refit the MLP on the training and validation tracks for the epochs "
+                                             "early stopping chose; --no-refit keeps the training tracks' fit (the authors' way).")] = True,
     split: Split = "auto",
     seed: Seed = 0,
     device: Device = "auto",
@@ -379,7 +381,7 @@ def train(
 
     with _open(store, write=True, wait=wait) as opened:
         if target == "transfer":
-            params = TransferParams(models=models, split=split, seed=seed, device=device,
+            params = TransferParams(models=models, split=split, seed=seed, device=device, refit=refit,
                                     **{k: v for k, v in {"epochs": epochs, "patience": patience}.items() if v is not None})
             return [train_transfer(opened, params, quiet=quiet)]
         params = TrainParams(batch_size=batch_size, crops_per_track=crops_per_track, split=split, seed=seed, device=device,

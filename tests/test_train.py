@@ -333,3 +333,31 @@ def test_the_cnn_trainer_is_an_estimator_on_clips_held_in_memory():
     assert probabilities.shape == (10, 2) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
     assert (probabilities.argmax(axis=1) == np.arange(30, 40) % 2).all()
     assert trainer.transform(reader, [0, 1]).shape == (2, 256) and trainer.temperature_ > 0
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_the_transfer_mlp_is_refit_on_the_validation_tracks_it_stopped_on_unless_asked_not_to(trained, tmp_path, refit):
+    from agf.models.data import assign_splits
+    from agf.models.serving import transfer_probabilities
+    from agf.models.transfer import TransferParams, train_transfer
+    from agf.store.registry import model_row
+
+    shutil.copytree(trained["store"], tmp_path / "store")
+    with Store.open(tmp_path / "store", write=True) as store:
+        kept = train_transfer(store, TransferParams(epochs=40, weight_decay=1e-5, refit=False), quiet=True)["model_id"]
+        chosen = train_transfer(store, TransferParams(epochs=40, weight_decay=1e-5, refit=refit), quiet=True)["model_id"]
+        tracks = all_tracks(store)
+        splits = assign_splits(tracks, "auto", 0)
+        validation = [t for t in tracks if splits[t["track_id"]] == "validation" and t["genre_top"]]
+        truth = [t["genre_top"] for t in validation]
+
+        def validation_loss(model_id: str) -> float:
+            classes, p = transfer_probabilities(store, model_id, [t["track_id"] for t in validation])
+            return float(-np.mean(np.log(p[np.arange(len(truth)), [classes.index(g) for g in truth]])))
+
+        metrics = json.loads(model_row(store, chosen)["metrics"])
+        assert validation and metrics["fitted_on"] == ("training and validation tracks" if refit else "training tracks")
+        if refit:  # it has learnt the validation tracks, which the training-only fit only stopped on
+            assert validation_loss(chosen) < validation_loss(kept)
+        else:  # the training-only fit, as the authors train it: the same model again
+            assert validation_loss(chosen) == validation_loss(kept)

@@ -35,10 +35,13 @@ class TransferParams:
     split: str = "auto"
     seed: int = 0
     device: str = "auto"
+    #: refit on the training and validation tracks for the epochs early stopping chose (docs/METHOD.md)
+    refit: bool = True
 
 
 def train_transfer(store: Store, params: TransferParams, quiet: bool = False) -> dict:
-    """Fit the MLP on training tracks, stop early on validation, predict the test split."""
+    """Fit the MLP on training tracks, stop early on validation, refit on both for that many
+    epochs (``params.refit``), calibrate on out-of-fold predictions, predict the test split."""
     started = time.perf_counter()
     model_ids = cnn_models(store, params.models)
     tracks = all_tracks(store)
@@ -66,12 +69,17 @@ def train_transfer(store: Store, params: TransferParams, quiet: bool = False) ->
         say("transfer weight decay, chosen by artist-fold cross-validation: " + ", ".join(
             f"{wd:g} (loss {loss:.3f})" for wd, loss in losses.items()) + f" -> {params.weight_decay:g}", quiet)
     model, best, epochs, best_epoch = _fit_mlp(x_train, y_train, len(classes), params, params.epochs, device, (xv, yv))
+    refit = params.refit and val is not train
+    if refit:  # the validation tracks' embeddings are the CNNs' view of artists they never trained on, as the test's are
+        model, *_ = _fit_mlp(x_pool, y_pool, len(classes), params, max(1, best_epoch), device)
     temperature = _cross_validated_temperature(x_pool, y_pool, artists, len(classes), params, best_epoch, device)
     buffer = io.BytesIO()
     config = {"models": model_ids, "classes": classes, "hidden": model.hidden, "temperature": temperature}
     torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "config": config,
                 "mean": torch.from_numpy(mean), "std": torch.from_numpy(std)}, buffer)
-    metrics = {"val_loss": round(best, 4), "epochs": epochs, "train_tracks": len(train), "val_tracks": len(val),
+    metrics = {"val_loss": round(best, 4), "epochs": epochs, "best_epoch": best_epoch,
+               "fitted_on": "training and validation tracks" if refit else "training tracks",
+               "train_tracks": len(train), "val_tracks": len(val),
                "temperature": round(temperature, 4), "weight_decay": params.weight_decay,
                "temperature_fitted_on": f"out-of-fold predictions, {CALIBRATION_FOLDS} folds by artist",
                "seconds": round(time.perf_counter() - started, 2)}
