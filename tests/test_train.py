@@ -154,6 +154,18 @@ def test_forward_passes_side_by_side_on_the_cpus_threads_give_what_one_thread_gi
         assert np.array_equal(one, three) and np.array_equal(one_p, three_p)
 
 
+def test_many_cores_run_at_most_sixteen_forward_passes_side_by_side_each_on_its_share_of_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(40)
+    try:
+        with forward_threads(torch.device("cpu")) as submit:
+            inside = [submit(torch.get_num_threads).result() for _ in range(3)]
+        assert serving.forward_width(torch.device("cpu")) == 16 and inside == [2, 2, 2]  # 40 // 16
+        assert torch.get_num_threads() == 40
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_failing_forward_pass_on_a_forward_thread_is_raised_and_the_thread_count_given_back():
     before = torch.get_num_threads()
     torch.set_num_threads(2)

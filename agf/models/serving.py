@@ -230,19 +230,20 @@ def _embed_patches(copy: ClipCNN, frames: torch.Tensor, windows: torch.Tensor, m
 @contextlib.contextmanager
 def forward_threads(device: torch.device) -> Iterator[Callable[..., Future]]:
     """Yields ``submit(fn, *args) -> Future``: on a CPU with several PyTorch threads, a pool of
-    that many threads, each running whole forward passes with PyTorch's own operations kept to
-    one thread meanwhile (restored after); elsewhere, each call run at once.
+    :func:`forward_width` threads, each running whole forward passes with PyTorch's own
+    operations on the threads left to each (one, up to 16 cores) meanwhile, restored after;
+    elsewhere, each call run at once.
 
     Whole batches side by side beat each batch split among the cores: no barrier after each
     layer, no thread waiting for another's half (tagging's CNNs took 10 % less time on 2 cores).
     PyTorch's thread count is process-wide, so other PyTorch work of this process runs on one
     thread while the block lasts.
     """
-    threads = forward_width(device)
-    if threads == 1:
+    threads, width = torch.get_num_threads(), forward_width(device)
+    if width == 1:
         yield _run_now
         return
-    pool, pending = _forward_pool(threads), set()
+    pool, pending = _forward_pool(width), set()
 
     def submit(fn: Callable, *args) -> Future:
         future = pool.submit(fn, *args)
@@ -250,7 +251,7 @@ def forward_threads(device: torch.device) -> Iterator[Callable[..., Future]]:
         future.add_done_callback(pending.discard)
         return future
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(max(1, threads // width))
     try:
         yield submit
     finally:
@@ -259,10 +260,14 @@ def forward_threads(device: torch.device) -> Iterator[Callable[..., Future]]:
         torch.set_num_threads(threads)
 
 
+#: Forward passes run side by side at most: each holds a batch's activations (30 to 60 MB).
+MAX_FORWARD_THREADS = 16
+
+
 def forward_width(device: torch.device) -> int:
     """Forward passes that :func:`forward_threads` runs at once on ``device``: PyTorch's thread
-    count on a CPU, else 1."""
-    return torch.get_num_threads() if device.type == "cpu" else 1
+    count on a CPU, up to :data:`MAX_FORWARD_THREADS`; else 1."""
+    return min(torch.get_num_threads(), MAX_FORWARD_THREADS) if device.type == "cpu" else 1
 
 
 @functools.cache
