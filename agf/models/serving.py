@@ -230,14 +230,14 @@ def _embed_patches(copy: ClipCNN, frames: torch.Tensor, windows: torch.Tensor, m
 @contextlib.contextmanager
 def forward_threads(device: torch.device) -> Iterator[Callable[..., Future]]:
     """Yields ``submit(fn, *args) -> Future``: on a CPU with several PyTorch threads, a pool of
-    :func:`forward_width` threads, each running whole forward passes with PyTorch's own
-    operations on the threads left to each (one, up to 16 cores) meanwhile, restored after;
-    elsewhere, each call run at once.
+    :func:`forward_width` threads, each running whole forward passes; elsewhere, each call run
+    at once. While the block lasts PyTorch's thread count is its share per pass (one, up to
+    16 cores), and it is restored after.
 
     Whole batches side by side beat each batch split among the cores: no barrier after each
     layer, no thread waiting for another's half (tagging's CNNs took 10 % less time on 2 cores).
-    PyTorch's thread count is process-wide, so other PyTorch work of this process runs on one
-    thread while the block lasts.
+    PyTorch's thread count is process-wide, so other PyTorch work of this process runs on that
+    share too while the block lasts.
     """
     threads, width = torch.get_num_threads(), forward_width(device)
     if width == 1:
