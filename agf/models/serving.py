@@ -227,6 +227,16 @@ def _embed_patches(copy: ClipCNN, frames: torch.Tensor, windows: torch.Tensor, m
     return copy.embed(x.transpose(1, 2).unsqueeze(1).contiguous(memory_format=torch.channels_last))
 
 
+#: Forward passes run side by side at most: each holds a batch's activations (30 to 60 MB).
+MAX_FORWARD_THREADS = 16
+
+
+def forward_width(device: torch.device) -> int:
+    """Forward passes that :func:`forward_threads` runs at once on ``device``: PyTorch's thread
+    count on a CPU, up to :data:`MAX_FORWARD_THREADS`; else 1."""
+    return min(torch.get_num_threads(), MAX_FORWARD_THREADS) if device.type == "cpu" else 1
+
+
 @contextlib.contextmanager
 def forward_threads(device: torch.device) -> Iterator[Callable[..., Future]]:
     """Yields ``submit(fn, *args) -> Future``: on a CPU with several PyTorch threads, a pool of
@@ -258,16 +268,6 @@ def forward_threads(device: torch.device) -> Iterator[Callable[..., Future]]:
         for future in list(pending):  # left by an error or an interruption: not to run on unasked
             future.cancel()
         torch.set_num_threads(threads)
-
-
-#: Forward passes run side by side at most: each holds a batch's activations (30 to 60 MB).
-MAX_FORWARD_THREADS = 16
-
-
-def forward_width(device: torch.device) -> int:
-    """Forward passes that :func:`forward_threads` runs at once on ``device``: PyTorch's thread
-    count on a CPU, up to :data:`MAX_FORWARD_THREADS`; else 1."""
-    return min(torch.get_num_threads(), MAX_FORWARD_THREADS) if device.type == "cpu" else 1
 
 
 @functools.cache
