@@ -174,3 +174,33 @@ def test_game_music_artists_sharing_one_genre_share_their_tags_factors_without_a
     assert summary["same_words_share"] == 0.625  # 10 of the 16 artists with a genre have only genre 1
     assert not summary["collapsed"] and "warning" not in out.stderr
     assert re.search(r"note: \d+% of artists share one dominant tags topic, as 62% have the very same words", out.stderr)
+
+
+class _CountedReads(list):
+    """Tracks' points that count how often each track is read, as the store's frame reader would be."""
+
+    def __init__(self, tracks):
+        super().__init__(tracks)
+        self.reads = np.zeros(len(tracks), int)
+
+    def __getitem__(self, i):
+        self.reads[i] += 1
+        return super().__getitem__(i)
+
+
+@pytest.mark.parametrize("n_tracks, points_per_track, tracks_sampled", [(8, 40, 8), (64, 40, 64), (200, 40, 64), (200, 1, 200)])
+def test_the_kmeans_sample_reads_every_track_of_a_small_corpus_and_of_a_large_one_what_fills_it(
+        n_tracks, points_per_track, tracks_sampled):
+    from agf.models.group_factors import MIN_SAMPLED_POINTS, ArtistGroupFactors
+
+    rng = np.random.default_rng(0)
+    tracks = _CountedReads([rng.normal(size=(points_per_track, 3)).astype(np.float32) for _ in range(n_tracks)])
+    estimator = ArtistGroupFactors(n_clusters=8, max_fit_points=64 * MIN_SAMPLED_POINTS, random_state=0)
+    dictionary = estimator.fit_dictionary(tracks).dictionary_
+    # the first track is read once more, to see whether the source has points or words
+    assert int((tracks.reads[1:] > 0).sum()) + int(tracks.reads[0] > 1) == tracks_sampled
+    # raw points (the authors' way) reach FAISS as they are; standardised ones are scaled
+    points = tracks[0]
+    assert dictionary.scaled(points) is points
+    standardised = ArtistGroupFactors(n_clusters=8, standardise=True, random_state=0).fit_dictionary(tracks).dictionary_
+    np.testing.assert_allclose(standardised.scaled(points), (points - standardised.mean) / standardised.scale)

@@ -369,3 +369,41 @@ def test_a_process_running_the_cnns_reuses_the_memory_it_frees_instead_of_faulti
     # glibc hands the block back and maps it afresh: a fault per page (at least one per 2 MB
     # huge page); kept, its pages are already there
     assert faults("keep") <= 3 < 8 <= faults("default")
+
+
+def test_a_store_left_for_garbage_before_an_ingest_does_not_crash_its_workers(small_store, small_corpus, tmp_path):
+    """A DuckDB connection torn down in a forked worker joins threads only its parent has: the
+    worker crashed. Python users drop stores into reference cycles; a notebook then ingests."""
+    import gc
+
+    from agf.engine import LOCAL, map_tasks
+    from agf.ingest import collect, ingest
+
+    gc.disable()  # the cycle below reaches the worker as garbage, as it does between collections
+    try:
+        dropped = Store.open(small_store)
+        dropped.query("SELECT count(*) FROM tracks")  # the store now holds a DuckDB connection
+        cycle = [dropped]
+        cycle.append(cycle)
+        del dropped, cycle
+        # a worker's full collection, which finds what its parent left for garbage
+        assert [isinstance(found, int) for found in map_tasks(LOCAL, gc.collect, [2], workers=1)] == [True]
+        store = Store.open(tmp_path / "s", create=True, write=True)
+        candidates, _ = collect(small_corpus.parent, manifest=small_corpus)
+        summary = ingest(store, candidates[:2], features=("mfcc",), workers=1, quiet=True)
+        assert summary.ingested == 2
+    finally:
+        gc.enable()
+
+
+def _count_tracks(item, store):
+    return store.query("SELECT count(*) AS n FROM tracks")["n"][0].as_py()
+
+
+def test_a_store_handed_to_worker_processes_answers_there_and_here(small_store):
+    from agf.engine import LOCAL, map_tasks
+
+    store = Store.open(small_store)
+    here = _count_tracks(None, store)  # the parent's connection, which each worker inherits
+    assert list(map_tasks(LOCAL, _count_tracks, [1, 2], shared={"store": store}, workers=2)) == [here, here]
+    assert _count_tracks(None, store) == here

@@ -34,6 +34,12 @@ from agf.progress import progress_bar, say
 #: Artists sharing one dominant topic, as a share of all, above which factors count as collapsed.
 COLLAPSE_SHARE = 0.5
 
+#: The points the K-Means sample takes from each track it reads past ``max_fit_points`` / 16
+#: tracks, where tracks are read in a random order until the sample is full rather than every one
+#: for a few points: reading a track costs more than sampling its points (FMA full's 106,574
+#: tracks, 4 points each, took 8 s a frame source).
+MIN_SAMPLED_POINTS = 16
+
 #: A track's words as sparse counts: (word ids, counts), both int32; ``None`` for a track without points.
 Words = tuple[np.ndarray, np.ndarray] | None
 
@@ -62,10 +68,17 @@ class Dictionary:
         default = faiss.cvar.distance_compute_blas_query_bs
         faiss.cvar.distance_compute_blas_query_bs = 512
         try:
-            _, labels = index.search(np.ascontiguousarray((x - self.mean) / self.scale, dtype=np.float32), 1)
+            _, labels = index.search(self.scaled(x), 1)
         finally:
             faiss.cvar.distance_compute_blas_query_bs = default
         return labels[:, 0]
+
+    def scaled(self, x: np.ndarray) -> np.ndarray:
+        """Points ``x`` (n, d) in the centroids' space: standardised if the dictionary was, as
+        contiguous float32 (raw points, the authors' way, are not copied when already so)."""
+        if self.mean.any() or (self.scale != 1).any():
+            x = (x - self.mean) / self.scale
+        return np.ascontiguousarray(x, dtype=np.float32)
 
 
 class ArtistGroupFactors:
@@ -225,20 +238,33 @@ class ArtistGroupFactors:
         kmeans = faiss.Kmeans(sample.shape[1], k, niter=self.kmeans_iterations, seed=self.random_state,
                               max_points_per_centroid=max(256, len(sample) // k + 1),
                               min_points_per_centroid=1, verbose=False)  # few points per centroid is by design here
-        kmeans.train(np.ascontiguousarray((sample - mean) / scale, dtype=np.float32))
-        return Dictionary(self.name, mean=mean.astype(np.float32), scale=scale, centroids=kmeans.centroids.copy())
+        dictionary = Dictionary(self.name, mean=mean.astype(np.float32), scale=scale)
+        kmeans.train(dictionary.scaled(sample))
+        dictionary.centroids = kmeans.centroids.copy()
+        return dictionary
 
 
 def _sample(points_by_track: Sequence, indices: list[int], budget: int, rng: np.random.Generator) -> np.ndarray:
-    """At most ``budget`` points, spread evenly over the tracks at ``indices``."""
-    per_track = max(1, budget // max(1, len(indices)))
-    chunks = []
-    for i in indices:
+    """About ``budget`` points, spread evenly over the tracks at ``indices``, in their order.
+
+    Up to ``budget / MIN_SAMPLED_POINTS`` tracks, each track gives an equal share. Above, the
+    tracks are read in a random order, ``MIN_SAMPLED_POINTS`` points from each, until the budget
+    is met (so tracks of one point each, as a descriptor source has, are all read).
+    """
+    many = len(indices) > budget // MIN_SAMPLED_POINTS
+    order = rng.permutation(np.asarray(indices)).tolist() if many else indices
+    per_track = MIN_SAMPLED_POINTS if many else max(1, budget // max(1, len(indices)))
+    chunks: dict[int, np.ndarray] = {}
+    taken = 0
+    for i in order:
+        if taken >= budget:
+            break
         x = np.asarray(points_by_track[i], np.float32)
         if len(x) > per_track:
             x = x[np.sort(rng.choice(len(x), per_track, replace=False))]
-        chunks.append(x)
-    return np.concatenate(chunks)
+        chunks[i] = x
+        taken += len(x)
+    return np.concatenate([chunks[i] for i in indices if i in chunks])
 
 
 def _counts(labels: np.ndarray) -> Words:

@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import functools
+import gc
 import json
 import os
 import re
@@ -44,16 +45,26 @@ FORMAT_VERSION = 3
 _HELD_LOCKS: set[int] = set()
 
 
-def _close_inherited_locks() -> None:
+# DuckDB connections a forked child inherited: kept, never closed or destroyed there (see below).
+_INHERITED_CONNECTIONS: list = []
+
+
+def _enter_forked_child() -> None:
+    """A forked child (an ingest worker) lets go of the parent's writer locks, and leaves every
+    object it inherited to the parent: a DuckDB connection destroyed in the child joins
+    scheduler threads only the parent has, and the child crashes. So the child's garbage
+    collector never looks at them (a store dropped into a reference cycle reaches a worker as
+    garbage), and a reused connection is set aside rather than released."""
     for fd in _HELD_LOCKS:
         try:
             os.close(fd)  # the child's reference only: the parent keeps its lock
         except OSError:
             pass
     _HELD_LOCKS.clear()
+    gc.freeze()
 
 
-os.register_at_fork(after_in_child=_close_inherited_locks)
+os.register_at_fork(after_in_child=_enter_forked_child)
 
 DEFAULT_CONFIG = {
     "sample_rate": 22050,
@@ -387,8 +398,10 @@ class Store:
 
     def _release_connection(self) -> None:
         held = getattr(self._connections, "held", None)
-        if held is not None and held[0][0] == os.getpid():  # a parent's, inherited over a fork, is not ours to close
+        if held is not None and held[0][0] == os.getpid():
             held[1].close()
+        elif held is not None:  # a parent's, inherited over a fork: neither closed nor destroyed here
+            _INHERITED_CONNECTIONS.append(held[1])
         self._connections.held = None
 
     def query(self, sql: str, params: list | None = None) -> pa.Table:
