@@ -6,6 +6,7 @@ folder beside the store holds a secret that must never be read, and must gain no
 pickle that would create a marker file proves, by the marker's absence, that no code ran.
 """
 
+import io
 import json
 import os
 import pickle
@@ -296,6 +297,29 @@ def test_a_model_file_that_is_a_pickle_inside_the_store_is_refused_without_runni
     out = cli("tag", next(trained["corpus"].rglob("*.flac")), "--store", store_copy)
     assert "refused by torch's weights-only loader" in one_error_line(out)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("array, value", [("dictionary.mean", np.nan), ("dictionary.scale", 0.0),
+                                          ("dictionary.centroids", np.inf)])
+def test_a_factor_model_whose_dictionary_holds_numbers_agf_never_writes_is_one_line(store_copy, array, value, cli):
+    """A NaN mean or centroid, or a zero scale, would send every point to no cluster (FAISS's -1),
+    and projecting new tracks then failed with a traceback."""
+
+    def path_of(row):
+        data = (store_copy / row["path"]).read_bytes()
+        if row["kind"] == "factors" and row["target"] == "mfcc":
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+            arrays[array] = np.full_like(arrays[array], value)
+            buffer = io.BytesIO()
+            np.savez(buffer, **arrays)
+            data = buffer.getvalue()
+            (store_copy / row["path"]).write_bytes(data)
+        return row["path"], data
+
+    _point_models_at(store_copy, path_of)
+    out = cli("factors", "update", "--store", store_copy)
+    assert "holds arrays of inconsistent shapes or values; it was damaged" in one_error_line(out)
 
 
 # -- migrating the pickles of an older store ---------------------------------------------------------

@@ -217,7 +217,7 @@ def load_factor_model(store: Store, model_id: str, verbose: bool = False) -> Art
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise AgfError(f"factor model {model_id} is incomplete ({type(exc).__name__}: {exc})") from None
     if not consistent:
-        raise AgfError(f"factor model {model_id} holds arrays of inconsistent shapes; it was damaged")
+        raise AgfError(f"factor model {model_id} holds arrays of inconsistent shapes or values; it was damaged")
     return ArtistGroupFactors.fitted(dictionary, lda, verbose=verbose)
 
 
@@ -225,7 +225,12 @@ def _dictionary_consistent(dictionary: Dictionary) -> bool:
     if dictionary.vocabulary is not None:
         return isinstance(dictionary.vocabulary, dict) and all(isinstance(i, int) for i in dictionary.vocabulary.values())
     width = dictionary.centroids.shape[1] if dictionary.centroids.ndim == 2 else -1
-    return dictionary.mean.shape == dictionary.scale.shape == (width,)
+    if not dictionary.mean.shape == dictionary.scale.shape == (width,):
+        return False
+    # as agf fits them: finite numbers, each scale positive (a NaN or a zero scale would send
+    # every point to no cluster at all)
+    arrays = (dictionary.mean, dictionary.scale, dictionary.centroids)
+    return all(a.dtype.kind in "fiu" and np.isfinite(a).all() for a in arrays) and bool((dictionary.scale > 0).all())
 
 
 def _write_rows(store: Store, source: str, model_id: str, points: TrackPoints, words: list[Words],
