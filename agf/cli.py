@@ -116,7 +116,16 @@ def command(fn):
                           annotation=Annotated[bool, typer.Option("--csv", help="Output CSV.")]),
     ]
     wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])
+    wrapper.__doc__ = _paragraphs_unwrapped(fn.__doc__)
     return wrapper
+
+
+def _paragraphs_unwrapped(doc: str | None) -> str | None:
+    """``doc`` with each paragraph on one line: Typer keeps a docstring's line breaks, and the
+    terminal's wrapping around them then breaks lines mid-sentence."""
+    if doc is None:
+        return None
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in inspect.cleandoc(doc).split("\n\n"))
 
 
 def _open(store: Path, write: bool = False, create: bool = False, **config):
@@ -351,7 +360,7 @@ def factors_show(
 Split = Annotated[str, typer.Option(help="auto (FMA's set.split where every track has one, else artist), artist, random, stored.")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")]
-Precision = Annotated[str, typer.Option(help="CNN arithmetic: auto (bf16 where the device has it natively, else fp32), fp32 or bf16.")]
+Precision = Annotated[str, typer.Option(help="CNN arithmetic: auto (whichever of bf16 and fp32 ran faster when timed once on this machine), fp32 or bf16.")]
 
 
 @app.command(rich_help_panel="Learn")

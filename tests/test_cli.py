@@ -105,6 +105,17 @@ def test_a_command_s_help_ends_with_an_example_of_itself(name, cli):
     assert cli(*name.split(), "--help").exit_code == 0
 
 
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_a_command_s_help_is_paragraphs_the_terminal_wraps_not_the_docstring_s_lines(name, cli):
+    paragraphs = COMMANDS[name].help.strip().split("\n\n")
+    assert all("\n" not in p for p in paragraphs), paragraphs
+    shown = cli(*name.split(), "--help", env={"COLUMNS": "80"}).stdout
+    prose = [line.strip() for line in shown.split("Usage:")[1].split("╭")[0].splitlines()[1:]]  # above the boxes
+    # a line ends only where the next word would not have fitted in the 78 columns inside the margins
+    assert all(len(line) + 1 + len(next_line.split()[0]) > 78 for line, next_line in zip(prose, prose[1:])
+               if line and next_line), prose
+
+
 @pytest.mark.parametrize("name", sorted(set(COMMANDS) - CREATING))
 def test_a_command_s_example_where_nothing_exists_is_one_line_of_error(name, cli, tmp_path):
     import shlex

@@ -112,9 +112,34 @@ def test_bad_files_become_error_rows_and_the_batch_goes_on(tmp_path, small_corpu
     assert set(errors) == {"empty.mp3", "corrupt.mp3", "truncated.flac", "notes.wav", "silence.wav"}
     assert "silent" in errors["silence.wav"]["error"]
     assert all(e["stage"] == "decode" and "\n" not in e["error"] for e in errors.values())
+    # libsndfile says a .mp3 file of other bytes "does not exist": the row says what is wrong
+    assert errors["corrupt.mp3"]["error"] == "cannot decode audio: no audio stream libsndfile can decode (not audio, or damaged)"
+    assert errors["notes.wav"]["error"] == "cannot decode audio: Format not recognised"
     long = store.query("SELECT duration_s, artist_id FROM tracks WHERE path LIKE '%two_hours.wav'").to_pylist()
     assert long[0]["duration_s"] == pytest.approx(7200.0)
     assert store.query("SELECT name FROM artists").to_pylist() == [{"name": "unknown"}]
+
+
+@pytest.mark.parametrize("kind", ["MP3", "FLAC"])
+def test_a_download_cut_short_is_ingested_from_the_audio_it_holds(tmp_path, kind):
+    """Its header promises 40 s; its middle by that lies past its end, where nothing can be read."""
+    whole, cut = tmp_path / f"whole.{kind.lower()}", tmp_path / "cut" / f"cut.{kind.lower()}"
+    y = np.random.default_rng(0).uniform(-0.5, 0.5, 40 * 22050).astype(np.float32)
+    sf.write(whole, y, 22050, format=kind)
+    cut.parent.mkdir()
+    cut.write_bytes(whole.read_bytes()[: int(0.4 * whole.stat().st_size)])
+    notes = []
+    clip, rate, held_s = decode_clip(cut, 10.0, notes=notes)
+    assert 10 < held_s < 20 and len(clip) == 10 * rate
+    with sf.SoundFile(whole) as fh:  # the middle of what it holds, as the whole file gives it
+        fh.seek((round(held_s * rate) - len(clip)) // 2)
+        assert np.array_equal(clip, fh.read(len(clip), dtype="float32"))
+    assert notes == [f"the file holds {held_s:.1f} s of audio where its header says 40.0 s: cut short?"]
+    store = Store.open(tmp_path / "s", create=True)
+    summary = ingest(store, collect(cut.parent)[0], features=("mfcc",), workers=1, quiet=True)
+    assert (summary.ingested, summary.warned) == (1, 1)
+    assert store.query("SELECT duration_s FROM tracks")["duration_s"][0].as_py() == pytest.approx(held_s)
+    assert store.query("SELECT error FROM ingest_errors")["error"][0].as_py().startswith(notes[0])
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

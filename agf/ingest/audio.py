@@ -76,20 +76,23 @@ def load_clip(path: Path, sample_rate: int, max_seconds: float) -> tuple[np.ndar
     return resample(y, native_rate, sample_rate), native_rate, duration
 
 
-def decode_clip(path: Path, max_seconds: float) -> tuple[np.ndarray, int, float]:
+def decode_clip(path: Path, max_seconds: float, *, notes: list[str] | None = None) -> tuple[np.ndarray, int, float]:
     """The middle ``max_seconds`` of ``path``, mixed to mono at the file's own rate.
 
     Returns ``(y, native_rate, duration_s)``: y of shape (n_samples,) float32 at ``native_rate``
-    Hz, and the whole file's duration in seconds. Raises :class:`AudioError`.
+    Hz, and the duration in seconds of the audio the file holds. A file that ends before its
+    header says (a download cut short) gives the middle of what it holds, and a line saying so
+    is appended to ``notes``. Raises :class:`AudioError`.
     """
     try:
-        with sf.SoundFile(os.fsencode(path)) as fh:  # bytes: a name that is not UTF-8 opens too
-            native_rate, total = fh.samplerate, fh.frames
-            keep = min(total, int(round(max_seconds * native_rate)))
-            fh.seek(max(0, (total - keep) // 2))
-            data = fh.read(keep, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, ValueError, EOFError) as exc:
+        data, native_rate, total, promised = _middle(os.fsencode(path), max_seconds)  # bytes: any name opens
+    except sf.LibsndfileError as exc:
+        raise AudioError("decode", f"cannot decode audio: {_libsndfile_error(exc, path)}") from None
+    except (RuntimeError, ValueError, EOFError) as exc:
         raise AudioError("decode", f"cannot decode audio: {_clean(exc)}") from None
+    if total < promised and notes is not None:
+        notes.append(f"the file holds {total / native_rate:.1f} s of audio where its header says "
+                     f"{promised / native_rate:.1f} s: cut short?")
     if data.size == 0:
         raise AudioError("decode", "file holds no audio samples")
     if len(data) < MIN_SECONDS * native_rate:
@@ -103,6 +106,61 @@ def decode_clip(path: Path, max_seconds: float) -> tuple[np.ndarray, int, float]
     if max(highest, -lowest) < SILENCE_PEAK:
         raise AudioError("decode", "audio is silent (peak below -80 dBFS)")
     return y, native_rate, total / native_rate
+
+
+#: Frames decoded at a time while a file is counted through (see :func:`_middle`).
+_BLOCK = 1 << 16
+
+
+def _middle(name: bytes, max_seconds: float) -> tuple[np.ndarray, int, int, int]:
+    """The middle ``max_seconds`` of file ``name``: its frames (n, channels) float32, its rate in
+    Hz, the number of frames it holds and the number its header promises.
+
+    These two numbers differ when the file ends before its header says (a download cut short).
+    Its middle by the header can then lie past its end (no samples, or a failed seek), so the
+    file is decoded from the start to count the frames it holds, up to its first undecodable
+    block (in blocks, in bounded memory), and the middle of those is read.
+    """
+    with sf.SoundFile(name) as fh:
+        rate, promised = fh.samplerate, fh.frames
+        data = _read_middle(fh, promised, int(round(max_seconds * rate)))
+        if data is not None:
+            return data, rate, promised, promised
+    with sf.SoundFile(name) as fh:  # afresh: a failed seek or read leaves a decoder unusable
+        total = _readable_frames(fh)
+    with sf.SoundFile(name) as fh:
+        data = _read_middle(fh, total, int(round(max_seconds * rate)))
+    return (np.zeros((0, 1), np.float32) if data is None else data), rate, total, promised
+
+
+def _read_middle(fh: sf.SoundFile, frames: int, longest: int) -> np.ndarray | None:
+    """The middle ``longest`` of the first ``frames`` frames of ``fh``, or None where the file
+    ends before them (a seek past its end fails in FLAC, and reads nothing in MP3)."""
+    keep = min(frames, longest)
+    try:
+        fh.seek((frames - keep) // 2)
+        data = fh.read(keep, dtype="float32", always_2d=True)
+    except sf.LibsndfileError:
+        return None
+    return data if len(data) == keep else None
+
+
+def _readable_frames(fh: sf.SoundFile) -> int:
+    """Frames ``fh`` yields from where it stands until its end or its first undecodable block."""
+    total = 0
+    with contextlib.suppress(sf.LibsndfileError):  # "flac decoder lost sync" where a file is cut
+        while len(block := fh.read(_BLOCK, dtype="float32", always_2d=True)):
+            total += len(block)
+    return total
+
+
+def _libsndfile_error(exc: sf.LibsndfileError, path: Path) -> str:
+    """libsndfile's reason, without soundfile's "Error opening b'path'" (the row names the file)."""
+    reason = getattr(exc, "error_string", "") or _clean(exc)
+    if reason.startswith("File does not exist") and Path(path).is_file():
+        # what libsndfile says of a .mp3 (or other) file that holds no stream it can decode
+        return "no audio stream libsndfile can decode (not audio, or damaged)"
+    return reason.rstrip(".")
 
 
 def resample(y: np.ndarray, native_rate: int, sample_rate: int) -> np.ndarray:

@@ -93,7 +93,7 @@ def extract(path: Path, config: ExtractConfig) -> dict:
     {feature_set: (dim,)}}``; raises :class:`AudioError` with the failing stage.
     """
     with decoder_messages(enabled=_IN_WORKER) as messages:  # kept off the terminal, recorded per file
-        native, native_rate, duration = decode_clip(path, config.clip_seconds)
+        native, native_rate, duration = decode_clip(path, config.clip_seconds, notes=messages)
     y = resample(native, native_rate, config.sample_rate)
     start = max(0.0, (duration - config.clip_seconds) / 2)
     spectra = Spectra(y, config.sample_rate, path=path, clip=(start, start + len(y) / config.sample_rate))
