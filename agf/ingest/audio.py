@@ -1,7 +1,14 @@
-"""Decoding: any supported file to one mono float32 clip at the store's sample rate."""
+"""Decoding: any supported file to one mono float32 clip at the store's sample rate.
+
+libsndfile decodes MP3, Ogg (Vorbis, Opus), FLAC, WAV and AIFF; MP4 files (M4A: AAC or ALAC),
+which it cannot read, are decoded by ffmpeg's command line where one is installed.
+"""
 
 import contextlib
+import json
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -9,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from agf.store.paths import open_regular
+
 #: Extensions a folder scan picks up (a manifest may name any file; undecodable ones are errors).
-AUDIO_EXTENSIONS = {".mp3", ".ogg", ".oga", ".opus", ".flac", ".wav", ".aif", ".aiff"}
+AUDIO_EXTENSIONS = {".mp3", ".ogg", ".oga", ".opus", ".flac", ".wav", ".aif", ".aiff", ".m4a"}
 #: A clip whose peak stays below this (about -80 dBFS) is treated as silence.
 SILENCE_PEAK = 1e-4
 
@@ -85,10 +94,10 @@ def decode_clip(path: Path, max_seconds: float, *, notes: list[str] | None = Non
     is appended to ``notes``. Raises :class:`AudioError`.
     """
     try:
-        data, native_rate, total, promised = _middle(os.fsencode(path), max_seconds)  # bytes: any name opens
+        data, native_rate, total, promised = _middle(path, max_seconds)
     except sf.LibsndfileError as exc:
         raise AudioError("decode", f"cannot decode audio: {_libsndfile_error(exc, path)}") from None
-    except (RuntimeError, ValueError, EOFError) as exc:
+    except (RuntimeError, ValueError, EOFError, OSError) as exc:
         raise AudioError("decode", f"cannot decode audio: {_clean(exc)}") from None
     if total < promised and notes is not None:
         notes.append(f"the file holds {total / native_rate:.1f} s of audio where its header says "
@@ -112,46 +121,126 @@ def decode_clip(path: Path, max_seconds: float, *, notes: list[str] | None = Non
 _BLOCK = 1 << 16
 
 
-def _middle(name: bytes, max_seconds: float) -> tuple[np.ndarray, int, int, int]:
-    """The middle ``max_seconds`` of file ``name``: its frames (n, channels) float32, its rate in
-    Hz, the number of frames it holds and the number its header promises.
+def _middle(path: Path, max_seconds: float) -> tuple[np.ndarray, int, int, int]:
+    """The middle ``max_seconds`` of ``path``: its frames (n, channels) float32, its rate in Hz,
+    the number of frames it holds and the number its header promises.
 
     These two numbers differ when the file ends before its header says (a download cut short).
     Its middle by the header can then lie past its end (no samples, or a failed seek), so the
     file is decoded from the start to count the frames it holds, up to its first undecodable
     block (in blocks, in bounded memory), and the middle of those is read.
     """
-    with sf.SoundFile(name) as fh:
-        rate, promised = fh.samplerate, fh.frames
-        data = _read_middle(fh, promised, int(round(max_seconds * rate)))
-        if data is not None:
-            return data, rate, promised, promised
-    with sf.SoundFile(name) as fh:  # afresh: a failed seek or read leaves a decoder unusable
-        total = _readable_frames(fh)
-    with sf.SoundFile(name) as fh:
-        data = _read_middle(fh, total, int(round(max_seconds * rate)))
-    return (np.zeros((0, 1), np.float32) if data is None else data), rate, total, promised
+    source = FfmpegFile(path) if _is_mp4(path) else _SoundFile(os.fsencode(path))  # bytes: any name opens
+    longest = int(round(max_seconds * source.rate))
+    data = source.middle(source.promised, longest)
+    if data is not None:
+        return data, source.rate, source.promised, source.promised
+    total = source.readable_frames()
+    data = source.middle(total, longest)
+    return (np.zeros((0, 1), np.float32) if data is None else data), source.rate, total, source.promised
 
 
-def _read_middle(fh: sf.SoundFile, frames: int, longest: int) -> np.ndarray | None:
-    """The middle ``longest`` of the first ``frames`` frames of ``fh``, or None where the file
-    ends before them (a seek past its end fails in FLAC, and reads nothing in MP3)."""
-    keep = min(frames, longest)
+def _is_mp4(path: Path) -> bool:
+    """Whether ``path`` begins as an MP4 file does (an ``ftyp`` box), whatever its name."""
     try:
-        fh.seek((frames - keep) // 2)
-        data = fh.read(keep, dtype="float32", always_2d=True)
-    except sf.LibsndfileError:
-        return None
-    return data if len(data) == keep else None
+        with open_regular(Path(path)) as fh:
+            return fh.read(12)[4:8] == b"ftyp"
+    except OSError:
+        return False  # libsndfile then says what is wrong with it
 
 
-def _readable_frames(fh: sf.SoundFile) -> int:
-    """Frames ``fh`` yields from where it stands until its end or its first undecodable block."""
-    total = 0
-    with contextlib.suppress(sf.LibsndfileError):  # "flac decoder lost sync" where a file is cut
-        while len(block := fh.read(_BLOCK, dtype="float32", always_2d=True)):
-            total += len(block)
-    return total
+class _SoundFile:
+    """A file libsndfile decodes, opened afresh for each pass: a failed seek or read leaves a
+    decoder unusable."""
+
+    def __init__(self, name: bytes):
+        self.name = name
+        with sf.SoundFile(name) as fh:
+            self.rate, self.promised = fh.samplerate, fh.frames
+
+    def middle(self, frames: int, longest: int) -> np.ndarray | None:
+        """The middle ``longest`` of the first ``frames`` frames, (n, channels) float32, or None
+        where the file ends before them (a seek past its end fails in FLAC, reads nothing in MP3)."""
+        keep = min(frames, longest)
+        with sf.SoundFile(self.name) as fh:
+            try:
+                fh.seek((frames - keep) // 2)
+                data = fh.read(keep, dtype="float32", always_2d=True)
+            except sf.LibsndfileError:
+                return None
+        return data if len(data) == keep else None
+
+    def readable_frames(self) -> int:
+        """Frames the file yields from its start to its end or its first undecodable block."""
+        total = 0
+        with sf.SoundFile(self.name) as fh, contextlib.suppress(sf.LibsndfileError):  # "flac decoder lost sync"
+            while len(block := fh.read(_BLOCK, dtype="float32", always_2d=True)):
+                total += len(block)
+        return total
+
+
+class FfmpegFile:
+    """An MP4 file's first audio stream (M4A: AAC or ALAC), decoded by ffmpeg's command line.
+
+    Hostile files are kept to what they are: ffmpeg reads them with its MP4 demuxer only (no
+    playlist or concatenation formats, which open other files or URLs) and the file protocol
+    only, from an absolute ``file:`` path (a name is never read as a URL or an option). What
+    ffmpeg says goes to file descriptor 2, where :func:`decoder_messages` collects decoders'
+    complaints.
+    """
+
+    #: Options of ffmpeg and ffprobe before their input: quiet but for errors, the MP4 demuxer, files only.
+    INPUT = ["-hide_banner", "-v", "error", "-protocol_whitelist", "file", "-f", "mov"]
+    MAX_CHANNELS = 64
+
+    def __init__(self, path: Path):
+        self.ffmpeg, ffprobe = shutil.which("ffmpeg"), shutil.which("ffprobe")
+        if not (self.ffmpeg and ffprobe):
+            raise RuntimeError("an MP4 (M4A) file needs ffmpeg, which libsndfile is not: install ffmpeg "
+                               "(apt-get install ffmpeg, brew install ffmpeg)")
+        self.url = "file:" + os.fsdecode(os.path.abspath(path))
+        probe = self._run([ffprobe, *self.INPUT, "-select_streams", "a:0", "-show_entries",
+                           "stream=sample_rate,channels,duration:format=duration", "-of", "json", self.url])
+        facts = json.loads(probe or b"{}")
+        stream = (facts.get("streams") or [{}])[0]
+        if "sample_rate" not in stream:
+            raise ValueError("the MP4 file holds no audio stream")
+        self.rate, self.channels = int(stream["sample_rate"]), int(stream.get("channels", 0))
+        if not (0 < self.rate <= 768_000 and 0 < self.channels <= self.MAX_CHANNELS):
+            raise ValueError(f"an audio stream of {self.channels} channels at {self.rate} Hz is not one agf reads")
+        seconds = stream.get("duration") or facts.get("format", {}).get("duration") or "0"
+        self.promised = int(round(float(seconds) * self.rate))
+
+    def middle(self, frames: int, longest: int) -> np.ndarray | None:
+        """As :meth:`_SoundFile.middle`: ffmpeg seeks to the first frame wanted (decoding from the
+        packet before it, and dropping what precedes that frame) and stops after the last."""
+        keep = min(frames, longest)
+        start = (frames - keep) // 2
+        pcm = self._run([self.ffmpeg, "-nostdin", *self.INPUT, "-ss", f"{start / self.rate:.6f}", "-i", self.url, "-map", "0:a:0",
+                         "-t", f"{(keep + self.rate // 10) / self.rate:.6f}", "-f", "f32le", "-c:a", "pcm_f32le",
+                         "pipe:1"])
+        data = np.frombuffer(pcm, "<f4")[: keep * self.channels].reshape(-1, self.channels)
+        return data if len(data) == keep else None
+
+    def readable_frames(self) -> int:
+        """Frames ffmpeg decodes from the stream's start to its end or its first error."""
+        command = [self.ffmpeg, "-nostdin", *self.INPUT, "-i", self.url, "-map", "0:a:0", "-f", "f32le", "-c:a", "pcm_f32le", "pipe:1"]
+        counted = 0
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as process:
+            while block := process.stdout.read(1 << 20):
+                counted += len(block)
+        return counted // (4 * self.channels)
+
+    @staticmethod
+    def _run(command: list[str]) -> bytes:
+        """What ``command`` writes to its standard output; its complaints to descriptor 2."""
+        done = subprocess.run(command, capture_output=True)
+        if done.stderr:
+            os.write(2, done.stderr)
+        if done.returncode != 0:
+            lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise RuntimeError(f"ffmpeg: {lines[-1] if lines else f'exit status {done.returncode}'}")
+        return done.stdout
 
 
 def _libsndfile_error(exc: sf.LibsndfileError, path: Path) -> str:

@@ -1,0 +1,98 @@
+"""An Apple library: M4A files (AAC or ALAC in MP4), which libsndfile cannot read, decoded by
+ffmpeg's command line; without ffmpeg, each is an error row that says so."""
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from agf.ingest import collect, ingest
+from agf.ingest.audio import AudioError, decode_clip
+from agf.store import Store
+
+FFMPEG = shutil.which("ffmpeg")
+needs_ffmpeg = pytest.mark.skipif(not FFMPEG or not shutil.which("ffprobe"),
+                                  reason="M4A is decoded and encoded by ffmpeg (apt-get install ffmpeg)")
+RATE = 44100
+
+
+def _encode(samples: np.ndarray, path, codec: str, *extra: str) -> None:
+    """(n, 2) int16 samples -> an M4A file of ``codec`` ('alac' is lossless, 'aac' is not)."""
+    subprocess.run([FFMPEG, "-v", "error", "-f", "s16le", "-ar", str(RATE), "-ac", "2", "-i", "pipe:0", "-c:a", codec,
+                    *extra, str(path)], input=samples.astype("<i2").tobytes(), check=True)
+
+
+def _stereo(seconds: float, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-12000, 12000, (int(seconds * RATE), 2), dtype=np.int16)
+
+
+def _mono(samples: np.ndarray) -> np.ndarray:
+    """As agf mixes a decoded clip down: the mean of its channels, in float32."""
+    return (samples.astype(np.float32) / 32768) @ np.full(2, 0.5, np.float32)
+
+
+@needs_ffmpeg
+def test_an_alac_file_s_middle_is_its_own_samples_to_the_last_bit(tmp_path):
+    samples = _stereo(12.0)
+    _encode(samples, tmp_path / "song.m4a", "alac")
+    clip, rate, seconds = decode_clip(tmp_path / "song.m4a", 10.0)
+    start = (len(samples) - 10 * RATE) // 2
+    assert (rate, seconds) == (RATE, 12.0)
+    np.testing.assert_array_equal(clip, _mono(samples[start : start + 10 * RATE]))
+
+
+@needs_ffmpeg
+def test_an_aac_file_gives_its_middle_the_same_every_time(tmp_path):
+    _encode(_stereo(12.0), tmp_path / "song.m4a", "aac")
+    clip, rate, seconds = decode_clip(tmp_path / "song.m4a", 10.0)
+    assert (len(clip), rate, seconds) == (10 * RATE, RATE, pytest.approx(12.0, abs=0.05))
+    np.testing.assert_array_equal(clip, decode_clip(tmp_path / "song.m4a", 10.0)[0])
+
+
+@needs_ffmpeg
+def test_an_m4a_download_cut_short_gives_the_middle_of_what_it_holds(tmp_path):
+    samples = _stereo(40.0, seed=1)
+    whole, cut = tmp_path / "whole.m4a", tmp_path / "cut.m4a"
+    _encode(samples, whole, "alac", "-movflags", "+faststart")  # the sample tables first, as streamed files have them
+    cut.write_bytes(whole.read_bytes()[: int(0.4 * whole.stat().st_size)])
+    notes = []
+    clip, rate, held_s = decode_clip(cut, 10.0, notes=notes)
+    assert 10 < held_s < 20 and notes == [f"the file holds {held_s:.1f} s of audio where its header says 40.0 s: cut short?"]
+    start = (round(held_s * RATE) - 10 * RATE) // 2
+    np.testing.assert_array_equal(clip, _mono(samples[start : start + 10 * RATE]))
+
+
+@needs_ffmpeg
+def test_a_folder_of_m4a_files_is_ingested_and_a_broken_one_is_an_error_row(tmp_path):
+    (tmp_path / "music").mkdir()
+    _encode(_stereo(6.0), tmp_path / "music" / "aac.m4a", "aac")
+    _encode(_stereo(6.0, seed=2), tmp_path / "music" / "alac.m4a", "alac")
+    whole = (tmp_path / "music" / "alac.m4a").read_bytes()
+    (tmp_path / "music" / "broken.m4a").write_bytes(whole[:24] + bytes(4000))  # an MP4's first box, then nothing
+    store = Store.open(tmp_path / "s", create=True)
+    summary = ingest(store, collect(tmp_path / "music")[0], features=("mfcc",), workers=1, quiet=True)
+    assert (summary.ingested, summary.failed) == (2, 1)
+    error = store.query("SELECT path, error FROM ingest_errors").to_pylist()[0]
+    assert error["path"].endswith("broken.m4a") and error["error"].startswith("cannot decode audio: ffmpeg: ")
+
+
+@needs_ffmpeg
+def test_a_playlist_named_m4a_is_refused_not_followed(tmp_path):
+    """An HLS playlist makes ffmpeg read what it lists, URLs or files. agf hands ffmpeg only
+    files that begin as MP4s do, to be read by its MP4 demuxer from the file protocol alone."""
+    target = tmp_path / "private.m4a"
+    _encode(_stereo(3.0), target, "alac")
+    playlist = (f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:3.0,\nfile:{target}\n#EXT-X-ENDLIST\n").encode()
+    (tmp_path / "list.m4a").write_bytes(playlist)
+    (tmp_path / "boxed.m4a").write_bytes(b"\x00\x00\x00\x0cftypM4A " + playlist)  # sniffed as MP4, read as MP4 only
+    for name in ("list.m4a", "boxed.m4a"):
+        with pytest.raises(AudioError, match="cannot decode audio"):
+            decode_clip(tmp_path / name, 10.0)
+
+
+def test_without_ffmpeg_an_m4a_file_is_an_error_row_that_names_it(tmp_path, monkeypatch):
+    (tmp_path / "song.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A \x00\x00\x02\x00isomM4A " + bytes(100))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(AudioError, match=r"needs ffmpeg.*install ffmpeg"):
+        decode_clip(tmp_path / "song.m4a", 10.0)
