@@ -57,7 +57,9 @@ def decoder_messages(enabled: bool = True):
             os.dup2(saved, 2)
             os.close(saved)
             sink.seek(0)
-            messages.extend(line.strip() for line in sink.read().decode("utf-8", "replace").splitlines() if line.strip())
+            # each line once: a file read in several passes (see _middle) repeats a decoder's complaint
+            lines = (line.strip() for line in sink.read().decode("utf-8", "replace").splitlines())
+            messages.extend(line for line in dict.fromkeys(lines) if line)
 
 
 def load_clip(path: Path, sample_rate: int, max_seconds: float) -> tuple[np.ndarray, int, float]:
@@ -130,7 +132,7 @@ def _middle(path: Path, max_seconds: float) -> tuple[np.ndarray, int, int, int]:
     file is decoded from the start to count the frames it holds, up to its first undecodable
     block (in blocks, in bounded memory), and the middle of those is read.
     """
-    source = FfmpegFile(path) if _is_mp4(path) else _SoundFile(os.fsencode(path))  # bytes: any name opens
+    source = _FfmpegFile(path) if _is_mp4(path) else _SoundFile(os.fsencode(path))  # bytes: any name opens
     longest = int(round(max_seconds * source.rate))
     data = source.middle(source.promised, longest)
     if data is not None:
@@ -179,7 +181,7 @@ class _SoundFile:
         return total
 
 
-class FfmpegFile:
+class _FfmpegFile:
     """An MP4 file's first audio stream (M4A: AAC or ALAC), decoded by ffmpeg's command line.
 
     Hostile files are kept to what they are: ffmpeg reads them with its MP4 demuxer only (no
@@ -191,6 +193,8 @@ class FfmpegFile:
 
     #: Options of ffmpeg and ffprobe before their input: quiet but for errors, the MP4 demuxer, files only.
     INPUT = ["-hide_banner", "-v", "error", "-protocol_whitelist", "file", "-f", "mov"]
+    #: ffmpeg's output: the first audio stream's samples, interleaved float32, to its standard output.
+    OUTPUT = ["-map", "0:a:0", "-f", "f32le", "-c:a", "pcm_f32le", "pipe:1"]
     MAX_CHANNELS = 64
 
     def __init__(self, path: Path):
@@ -208,38 +212,39 @@ class FfmpegFile:
         self.rate, self.channels = int(stream["sample_rate"]), int(stream.get("channels", 0))
         if not (0 < self.rate <= 768_000 and 0 < self.channels <= self.MAX_CHANNELS):
             raise ValueError(f"an audio stream of {self.channels} channels at {self.rate} Hz is not one agf reads")
-        seconds = stream.get("duration") or facts.get("format", {}).get("duration") or "0"
-        self.promised = int(round(float(seconds) * self.rate))
+        seconds = float(stream.get("duration") or facts.get("format", {}).get("duration") or "0")
+        if not 0 <= seconds < 1e7:  # NaN too
+            raise ValueError(f"an audio stream of {seconds} s is not one agf reads")
+        self.promised = int(round(seconds * self.rate))
 
     def middle(self, frames: int, longest: int) -> np.ndarray | None:
         """As :meth:`_SoundFile.middle`: ffmpeg seeks to the first frame wanted (decoding from the
         packet before it, and dropping what precedes that frame) and stops after the last."""
         keep = min(frames, longest)
         start = (frames - keep) // 2
-        pcm = self._run([self.ffmpeg, "-nostdin", *self.INPUT, "-ss", f"{start / self.rate:.6f}", "-i", self.url, "-map", "0:a:0",
-                         "-t", f"{(keep + self.rate // 10) / self.rate:.6f}", "-f", "f32le", "-c:a", "pcm_f32le",
-                         "pipe:1"])
+        pcm = self._run([self.ffmpeg, "-nostdin", *self.INPUT, "-ss", f"{start / self.rate:.6f}", "-i", self.url,
+                         "-t", f"{(keep + self.rate // 10) / self.rate:.6f}", *self.OUTPUT])
         data = np.frombuffer(pcm, "<f4")[: keep * self.channels].reshape(-1, self.channels)
         return data if len(data) == keep else None
 
     def readable_frames(self) -> int:
         """Frames ffmpeg decodes from the stream's start to its end or its first error."""
-        command = [self.ffmpeg, "-nostdin", *self.INPUT, "-i", self.url, "-map", "0:a:0", "-f", "f32le", "-c:a", "pcm_f32le", "pipe:1"]
+        command = [self.ffmpeg, "-nostdin", *self.INPUT, "-i", self.url, *self.OUTPUT]
         counted = 0
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as process:
             while block := process.stdout.read(1 << 20):
                 counted += len(block)
         return counted // (4 * self.channels)
 
-    @staticmethod
-    def _run(command: list[str]) -> bytes:
+    def _run(self, command: list[str]) -> bytes:
         """What ``command`` writes to its standard output; its complaints to descriptor 2."""
         done = subprocess.run(command, capture_output=True)
         if done.stderr:
             os.write(2, done.stderr)
         if done.returncode != 0:
             lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
-            raise RuntimeError(f"ffmpeg: {lines[-1] if lines else f'exit status {done.returncode}'}")
+            reason = lines[-1].removeprefix(f"{self.url}: ") if lines else f"exit status {done.returncode}"
+            raise RuntimeError(f"ffmpeg: {reason}")  # the file is named by the row that holds this
         return done.stdout
 
 
