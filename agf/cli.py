@@ -561,7 +561,7 @@ def tag(
     manifest: Annotated[Path | None, typer.Option(help="CSV of the files with a path column (and artist, album, title...): paths relative to the first PATH folder, else to the CSV.")] = None,
     model: Annotated[str | None, typer.Option(help="Transfer model id (default: the newest).")] = None,
     top: Annotated[int, typer.Option(help="Genres shown per file; with --write-tags, written at most.")] = 3,
-    write_tags: Annotated[bool, typer.Option("--write-tags", help="Write the genres into the files' own tags (ID3 TCON, Vorbis GENRE, MP4 ©gen); --undo takes them back.")] = False,
+    write_tags: Annotated[bool, typer.Option("--write-tags", help="Write the genres into the files' own tags (ID3 TCON, Vorbis GENRE, MP4 ©gen, APEv2 Genre, WMA WM/Genre); --undo takes them back.")] = False,
     min_probability: Annotated[float, typer.Option(help="With --write-tags: write only genres at least this probable (calibrated).")] = 0.5,
     genres_map: Annotated[Path | None, typer.Option(help="With --write-tags: JSON or CSV mapping the model's genres to your names; genres it leaves out are not written.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="With --write-tags or --undo: show the changes, touch no file.")] = False,

@@ -2,7 +2,7 @@
 playlists, and a real beets library.
 
 The files are game-music clips converted to MP3, FLAC, Ogg Vorbis, Opus and, where ffmpeg is
-there to encode and decode it, M4A (AAC); the model is the trained store's.
+there to encode and decode them, M4A (AAC), WavPack and WMA; the model is the trained store's.
 """
 
 import json
@@ -20,14 +20,18 @@ import soundfile as sf
 from agf.store import Store
 
 FFMPEG = shutil.which("ffmpeg")
+#: Extension -> (libsndfile's format and subtype) or ("ffmpeg", its encoder) for what libsndfile cannot write.
 FORMATS = {"mp3": ("MP3", None), "flac": ("FLAC", None), "ogg": ("OGG", "VORBIS"), "opus": ("OGG", "OPUS"),
-           **({"m4a": ("MP4", "AAC")} if FFMPEG and shutil.which("ffprobe") else {})}
+           **({"m4a": ("ffmpeg", "aac"), "wv": ("ffmpeg", "wavpack"), "wma": ("ffmpeg", "wmav2")}
+              if FFMPEG and shutil.which("ffprobe") else {})}
+#: The genre field by extension where mutagen has no "easy" name for it.
+NAMED_FIELDS = {"wv": "Genre", "wma": "WM/Genre"}
 AGF = [sys.executable, "-m", "agf.cli"]
 
 
 def _decoded(path: Path) -> np.ndarray:
-    """The file's samples as its decoder gives them (ffmpeg for M4A, which libsndfile cannot read)."""
-    if path.suffix == ".m4a":
+    """The file's samples as its decoder gives them (ffmpeg for what libsndfile cannot read)."""
+    if FORMATS[path.suffix[1:]][0] == "ffmpeg":
         raw = subprocess.run([FFMPEG, "-v", "error", "-i", str(path), "-f", "f32le", "-"], capture_output=True, check=True)
         return np.frombuffer(raw.stdout, np.float32)
     return sf.read(path, dtype="float32")[0]
@@ -40,23 +44,23 @@ def _library(folder: Path, clips: list[Path], with_genre: dict[str, list[str]] |
     for (ext, (fmt, subtype)), clip in zip(FORMATS.items(), clips):
         y, rate = sf.read(clip, frames=22050 * 8, dtype="float32", always_2d=True)
         files[ext] = folder / f"{clip.stem}.{ext}"
-        if fmt == "MP4":  # libsndfile writes no MP4: ffmpeg encodes the samples
+        if fmt == "ffmpeg":
             subprocess.run([FFMPEG, "-v", "error", "-f", "f32le", "-ar", str(rate), "-ac", str(y.shape[1]), "-i", "pipe:0",
-                            "-c:a", "aac", str(files[ext])], input=y.astype("<f4").tobytes(), check=True)
+                            "-c:a", subtype, str(files[ext])], input=y.astype("<f4").tobytes(), check=True)
         else:
             sf.write(files[ext], y, 48000 if ext == "opus" else rate, format=fmt, subtype=subtype)
     for ext, genres in (with_genre or {}).items():
         audio = mutagen.File(files[ext], easy=True)
         if audio.tags is None:
             audio.add_tags()
-        audio.tags["genre"] = genres
+        audio.tags[NAMED_FIELDS.get(ext, "genre")] = genres
         audio.save()
     return files
 
 
 def _genres(path: Path):
-    tags = mutagen.File(path, easy=True).tags
-    return None if tags is None or "genre" not in tags else list(tags["genre"])
+    tags, key = mutagen.File(path, easy=True).tags, NAMED_FIELDS.get(path.suffix[1:], "genre")
+    return None if tags is None or key not in tags else [str(v) for v in tags[key]]
 
 
 def _tags(path: Path) -> dict | None:
@@ -101,7 +105,7 @@ def test_every_change_is_recorded_before_and_after(tagged):
         writes = {Path(w["path"]).suffix[1:]: w for w in store.query("SELECT * FROM tag_writes").to_pylist()}
     assert set(writes) == set(tagged["files"])
     assert writes["flac"]["old_value"] == ["Chiptune"] and writes["ogg"]["old_value"] is None
-    fields = {"mp3": "TCON", "flac": "GENRE", "ogg": "GENRE", "opus": "GENRE", "m4a": "©gen"}
+    fields = {"mp3": "TCON", "flac": "GENRE", "ogg": "GENRE", "opus": "GENRE", "m4a": "©gen", **NAMED_FIELDS}
     assert {ext: w["field"] for ext, w in writes.items()} == {ext: fields[ext] for ext in writes}
     for ext, w in writes.items():
         assert w["sha256_before"] != w["sha256_after"] and w["new_value"] == _genres(tagged["files"][ext])

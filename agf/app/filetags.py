@@ -1,5 +1,6 @@
 """Genres into the files' own tags, with undo: ID3 ``TCON`` (MP3), Vorbis ``GENRE`` (FLAC, Ogg
-Vorbis, Opus), ``©gen`` (MP4/M4A), through mutagen, which rewrites tags and never the audio.
+Vorbis, Opus), ``©gen`` (MP4/M4A), APEv2 ``Genre`` (WavPack), ``WM/Genre`` (WMA), through
+mutagen, which rewrites tags and never the audio.
 
 Before a file's tags change, what they held is committed to the store's ``tag_writes`` table
 (path, the file's sha256 before and after, the field, old and new values, the model); ``undo``
@@ -24,7 +25,12 @@ from agf.store.paths import sha256_file
 
 #: The field written, by mutagen's file type (the "easy" interfaces map ``genre`` to it).
 FIELDS = {"EasyMP3": "TCON", "EasyID3FileType": "TCON", "FLAC": "GENRE", "OggVorbis": "GENRE", "OggOpus": "GENRE",
-          "OggFLAC": "GENRE", "OggSpeex": "GENRE", "EasyMP4": "©gen", "EasyTrueAudio": "TCON"}
+          "OggFLAC": "GENRE", "OggSpeex": "GENRE", "EasyMP4": "©gen", "EasyTrueAudio": "TCON", "WavPack": "Genre",
+          "ASF": "WM/Genre"}
+#: File types without an "easy" interface: their field is named as the format names it.
+_NAMED_FIELDS = {"WavPack", "ASF"}
+#: File types whose tag agf removes with its last field, when agf added it to a file that had none.
+_WHOLE_TAGS = {"EasyMP3", "WavPack"}
 
 
 @dataclass
@@ -94,12 +100,18 @@ def _open_tags(path: Path):
     except Exception as exc:  # noqa: BLE001 - a damaged file may trip any of mutagen's parsers: its error, one line
         raise AgfError(f"{path}: its tags cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
     if audio is None or type(audio).__name__ not in FIELDS:
-        raise AgfError(f"{path}: agf writes genres into MP3, FLAC, Ogg Vorbis, Opus and MP4/M4A files only")
+        raise AgfError(f"{path}: agf writes genres into MP3, FLAC, Ogg Vorbis, Opus, MP4/M4A, WavPack and WMA files only")
     return audio
 
 
+def _key(audio) -> str:
+    """The key of the genre field in ``audio.tags``."""
+    kind = type(audio).__name__
+    return FIELDS[kind] if kind in _NAMED_FIELDS else "genre"
+
+
 def genre_field(path: Path) -> str:
-    """The tag field genres go to in ``path``'s format: ``TCON``, ``GENRE`` or ``©gen``."""
+    """The tag field genres go to in ``path``'s format: ``TCON``, ``GENRE``, ``©gen``, ``Genre`` or ``WM/Genre``."""
     return FIELDS[type(_open_tags(path)).__name__]
 
 
@@ -109,9 +121,10 @@ def read_genres(path: Path) -> list[str] | None:
 
 
 def _genres(audio) -> list[str] | None:
-    if audio.tags is None or "genre" not in audio.tags:
+    key = _key(audio)
+    if audio.tags is None or key not in audio.tags:
         return None
-    return [str(v) for v in audio.tags["genre"]]
+    return [str(v) for v in audio.tags[key]]
 
 
 def write_genres(path: Path, genres: list[str] | None) -> None:
@@ -124,14 +137,15 @@ def write_genres(path: Path, genres: list[str] | None) -> None:
         if genres is None:
             return
         audio.add_tags()
+    key = _key(audio)
     if genres is None:
-        if "genre" in audio.tags:
-            del audio.tags["genre"]
+        if key in audio.tags:
+            del audio.tags[key]
     else:
-        audio.tags["genre"] = list(genres)
+        audio.tags[key] = list(genres)
     try:
-        if genres is None and not len(audio.tags.keys()) and type(audio).__name__ == "EasyMP3":
-            audio.delete()  # the ID3 tag agf added to a file that had none goes with its last field
+        if genres is None and not len(audio.tags.keys()) and type(audio).__name__ in _WHOLE_TAGS:
+            audio.delete()  # the ID3 or APEv2 tag agf added to a file that had none goes with its last field
         else:
             audio.save()
     except (mutagen.MutagenError, OSError) as exc:

@@ -1,7 +1,8 @@
 """Decoding: any supported file to one mono float32 clip at the store's sample rate.
 
-libsndfile decodes MP3, Ogg (Vorbis, Opus), FLAC, WAV and AIFF; MP4 files (M4A: AAC or ALAC),
-which it cannot read, are decoded by ffmpeg's command line where one is installed.
+libsndfile decodes MP3, Ogg (Vorbis, Opus), FLAC, WAV and AIFF; what it cannot read, M4A (AAC or
+ALAC in MP4), WMA, WavPack and Matroska or WebM audio, is decoded by ffmpeg's command line where
+one is installed.
 """
 
 import contextlib
@@ -19,7 +20,7 @@ import soundfile as sf
 from agf.store.paths import open_regular
 
 #: Extensions a folder scan picks up (a manifest may name any file; undecodable ones are errors).
-AUDIO_EXTENSIONS = {".mp3", ".ogg", ".oga", ".opus", ".flac", ".wav", ".aif", ".aiff", ".m4a"}
+AUDIO_EXTENSIONS = {".mp3", ".ogg", ".oga", ".opus", ".flac", ".wav", ".aif", ".aiff", ".m4a", ".wma", ".wv", ".mka"}
 #: A clip whose peak stays below this (about -80 dBFS) is treated as silence.
 SILENCE_PEAK = 1e-4
 
@@ -93,7 +94,7 @@ def decode_clip(path: Path, max_seconds: float, *, notes: list[str] | None = Non
     Returns ``(y, native_rate, duration_s)``: y of shape (n_samples,) float32 at ``native_rate``
     Hz, and the duration in seconds of the audio the file holds. A file that ends before its
     header says (a download cut short) gives the middle of what it holds, and a line saying so
-    is appended to ``notes``. Raises :class:`AudioError`.
+    is appended to ``notes`` when a second or more is missing. Raises :class:`AudioError`.
     """
     try:
         data, native_rate, total, promised = _middle(path, max_seconds)
@@ -101,7 +102,8 @@ def decode_clip(path: Path, max_seconds: float, *, notes: list[str] | None = Non
         raise AudioError("decode", f"cannot decode audio: {_libsndfile_error(exc, path)}") from None
     except (RuntimeError, ValueError, EOFError, OSError) as exc:
         raise AudioError("decode", f"cannot decode audio: {_clean(exc)}") from None
-    if total < promised and notes is not None:
+    # lossy formats' headers may be out by their encoder's padding: a second short is cut off
+    if promised - total >= native_rate and notes is not None:
         notes.append(f"the file holds {total / native_rate:.1f} s of audio where its header says "
                      f"{promised / native_rate:.1f} s: cut short?")
     if data.size == 0:
@@ -132,7 +134,8 @@ def _middle(path: Path, max_seconds: float) -> tuple[np.ndarray, int, int, int]:
     file is decoded from the start to count the frames it holds, up to its first undecodable
     block (in blocks, in bounded memory), and the middle of those is read.
     """
-    source = _FfmpegFile(path) if _is_mp4(path) else _SoundFile(os.fsencode(path))  # bytes: any name opens
+    demuxer = _ffmpeg_demuxer(path)
+    source = _FfmpegFile(path, demuxer) if demuxer else _SoundFile(os.fsencode(path))  # bytes: any name opens
     longest = int(round(max_seconds * source.rate))
     data = source.middle(source.promised, longest)
     if data is not None:
@@ -142,13 +145,29 @@ def _middle(path: Path, max_seconds: float) -> tuple[np.ndarray, int, int, int]:
     return (np.zeros((0, 1), np.float32) if data is None else data), source.rate, total, source.promised
 
 
-def _is_mp4(path: Path) -> bool:
-    """Whether ``path`` begins as an MP4 file does (an ``ftyp`` box), whatever its name."""
+#: What a file of each format ffmpeg decodes is called, by ffmpeg's demuxer for it.
+_NAMES = {"mov": "MP4 (M4A)", "asf": "ASF (WMA)", "wv": "WavPack", "matroska": "Matroska (MKA, WebM)"}
+#: How an ASF file (WMA) begins: its header object's GUID.
+_ASF_HEADER = bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c")
+
+
+def _ffmpeg_demuxer(path: Path) -> str | None:
+    """ffmpeg's demuxer for ``path`` if it begins as a file libsndfile cannot read does (MP4,
+    ASF, WavPack, Matroska), whatever its name; else None."""
     try:
         with open_regular(Path(path)) as fh:
-            return fh.read(12)[4:8] == b"ftyp"
+            head = fh.read(16)
     except OSError:
-        return False  # libsndfile then says what is wrong with it
+        return None  # libsndfile then says what is wrong with it
+    if head[4:8] == b"ftyp":
+        return "mov"
+    if head == _ASF_HEADER:
+        return "asf"
+    if head[:4] == b"wvpk":
+        return "wv"
+    if head[:4] == b"\x1aE\xdf\xa3":  # EBML: Matroska, WebM
+        return "matroska"
+    return None
 
 
 class _SoundFile:
@@ -182,54 +201,56 @@ class _SoundFile:
 
 
 class _FfmpegFile:
-    """An MP4 file's first audio stream (M4A: AAC or ALAC), decoded by ffmpeg's command line.
+    """A file's first audio stream, decoded by ffmpeg's command line.
 
-    Hostile files are kept to what they are: ffmpeg reads them with its MP4 demuxer only (no
-    playlist or concatenation formats, which open other files or URLs) and the file protocol
-    only, from an absolute ``file:`` path (a name is never read as a URL or an option). What
-    ffmpeg says goes to file descriptor 2, where :func:`decoder_messages` collects decoders'
-    complaints.
+    Hostile files are kept to what they are: ffmpeg reads each with the one demuxer its first
+    bytes name (never a playlist or concatenation format, which open other files or URLs) and
+    the file protocol only, from an absolute ``file:`` path (a name is never read as a URL or an
+    option). What ffmpeg says goes to file descriptor 2, where :func:`decoder_messages`
+    collects decoders' complaints.
     """
 
-    #: Options of ffmpeg and ffprobe before their input: quiet but for errors, the MP4 demuxer, files only.
-    INPUT = ["-hide_banner", "-v", "error", "-protocol_whitelist", "file", "-f", "mov"]
+    #: Options of ffmpeg and ffprobe before their input and its demuxer: quiet but for errors, files only.
+    INPUT = ["-hide_banner", "-v", "error", "-protocol_whitelist", "file"]
     #: ffmpeg's output: the first audio stream's samples, interleaved float32, to its standard output.
     OUTPUT = ["-map", "0:a:0", "-f", "f32le", "-c:a", "pcm_f32le", "pipe:1"]
     MAX_CHANNELS = 64
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, demuxer: str):
         self.ffmpeg, ffprobe = shutil.which("ffmpeg"), shutil.which("ffprobe")
         if not (self.ffmpeg and ffprobe):
-            raise RuntimeError("an MP4 (M4A) file needs ffmpeg, which libsndfile is not: install ffmpeg "
+            raise RuntimeError(f"an {_NAMES[demuxer]} file needs ffmpeg, which libsndfile is not: install ffmpeg "
                                "(apt-get install ffmpeg, brew install ffmpeg)")
         self.url = "file:" + os.fsdecode(os.path.abspath(path))
-        probe = self._run([ffprobe, *self.INPUT, "-select_streams", "a:0", "-show_entries",
+        self.input = [*self.INPUT, "-f", demuxer]
+        probe = self._run([ffprobe, *self.input, "-select_streams", "a:0", "-show_entries",
                            "stream=sample_rate,channels,duration:format=duration", "-of", "json", self.url])
         facts = json.loads(probe or b"{}")
         stream = (facts.get("streams") or [{}])[0]
         if "sample_rate" not in stream:
-            raise ValueError("the MP4 file holds no audio stream")
+            raise ValueError(f"the {_NAMES[demuxer]} file holds no audio stream")
         self.rate, self.channels = int(stream["sample_rate"]), int(stream.get("channels", 0))
         if not (0 < self.rate <= 768_000 and 0 < self.channels <= self.MAX_CHANNELS):
             raise ValueError(f"an audio stream of {self.channels} channels at {self.rate} Hz is not one agf reads")
         seconds = float(stream.get("duration") or facts.get("format", {}).get("duration") or "0")
         if not 0 <= seconds < 1e7:  # NaN too
             raise ValueError(f"an audio stream of {seconds} s is not one agf reads")
-        self.promised = int(round(seconds * self.rate))
+        # a file that does not say how long it is (a stream written live) is counted through
+        self.promised = int(round(seconds * self.rate)) or self.readable_frames()
 
     def middle(self, frames: int, longest: int) -> np.ndarray | None:
         """As :meth:`_SoundFile.middle`: ffmpeg seeks to the first frame wanted (decoding from the
         packet before it, and dropping what precedes that frame) and stops after the last."""
         keep = min(frames, longest)
         start = (frames - keep) // 2
-        pcm = self._run([self.ffmpeg, "-nostdin", *self.INPUT, "-ss", f"{start / self.rate:.6f}", "-i", self.url,
+        pcm = self._run([self.ffmpeg, "-nostdin", *self.input, "-ss", f"{start / self.rate:.6f}", "-i", self.url,
                          "-t", f"{(keep + self.rate // 10) / self.rate:.6f}", *self.OUTPUT])
         data = np.frombuffer(pcm, "<f4")[: keep * self.channels].reshape(-1, self.channels)
         return data if len(data) == keep else None
 
     def readable_frames(self) -> int:
         """Frames ffmpeg decodes from the stream's start to its end or its first error."""
-        command = [self.ffmpeg, "-nostdin", *self.INPUT, "-i", self.url, *self.OUTPUT]
+        command = [self.ffmpeg, "-nostdin", *self.input, "-i", self.url, *self.OUTPUT]
         counted = 0
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as process:
             while block := process.stdout.read(1 << 20):

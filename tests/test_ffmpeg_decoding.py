@@ -1,5 +1,6 @@
-"""An Apple library: M4A files (AAC or ALAC in MP4), which libsndfile cannot read, decoded by
-ffmpeg's command line; without ffmpeg, each is an error row that says so."""
+"""Libraries in formats libsndfile cannot read, M4A (AAC or ALAC in MP4), WMA, WavPack and
+Matroska audio, decoded by ffmpeg's command line; without ffmpeg, each is an error row that
+says so."""
 
 import shutil
 import subprocess
@@ -13,12 +14,15 @@ from agf.store import Store
 
 FFMPEG = shutil.which("ffmpeg")
 needs_ffmpeg = pytest.mark.skipif(not FFMPEG or not shutil.which("ffprobe"),
-                                  reason="M4A is decoded and encoded by ffmpeg (apt-get install ffmpeg)")
+                                  reason="these files are decoded and encoded by ffmpeg (apt-get install ffmpeg)")
 RATE = 44100
+#: File names by codec: the lossless ones give back their samples, the lossy ones the same every time.
+LOSSLESS = {"alac": "song.m4a", "wavpack": "song.wv", "flac": "song.mka"}
+LOSSY = {"aac": "song.m4a", "wmav2": "song.wma"}
 
 
 def _encode(samples: np.ndarray, path, codec: str, *extra: str) -> None:
-    """(n, 2) int16 samples -> an M4A file of ``codec`` ('alac' is lossless, 'aac' is not)."""
+    """(n, 2) int16 samples -> a file of ``codec`` in the container ``path``'s name says."""
     subprocess.run([FFMPEG, "-v", "error", "-f", "s16le", "-ar", str(RATE), "-ac", "2", "-i", "pipe:0", "-c:a", codec,
                     *extra, str(path)], input=samples.astype("<i2").tobytes(), check=True)
 
@@ -33,21 +37,27 @@ def _mono(samples: np.ndarray) -> np.ndarray:
 
 
 @needs_ffmpeg
-def test_an_alac_file_s_middle_is_its_own_samples_to_the_last_bit(tmp_path):
+@pytest.mark.parametrize("codec", LOSSLESS)
+def test_a_lossless_file_s_middle_is_its_own_samples_to_the_last_bit(tmp_path, codec):
     samples = _stereo(12.0)
-    _encode(samples, tmp_path / "song.m4a", "alac")
-    clip, rate, seconds = decode_clip(tmp_path / "song.m4a", 10.0)
-    start = (len(samples) - 10 * RATE) // 2
-    assert (rate, seconds) == (RATE, 12.0)
-    np.testing.assert_array_equal(clip, _mono(samples[start : start + 10 * RATE]))
+    _encode(samples, tmp_path / LOSSLESS[codec], codec)
+    clip, rate, seconds = decode_clip(tmp_path / LOSSLESS[codec], 10.0)
+    middle = (len(samples) - 10 * RATE) // 2
+    # Matroska's clock ticks in milliseconds: ffmpeg's seek there lands within one of the middle
+    slack = RATE // 1000 if LOSSLESS[codec].endswith(".mka") else 0
+    starts = [s for s in range(middle - slack, middle + slack + 1) if np.array_equal(clip[:64], _mono(samples[s : s + 64]))]
+    assert (rate, seconds, len(starts)) == (RATE, 12.0, 1)
+    np.testing.assert_array_equal(clip, _mono(samples[starts[0] : starts[0] + 10 * RATE]))
 
 
 @needs_ffmpeg
-def test_an_aac_file_gives_its_middle_the_same_every_time(tmp_path):
-    _encode(_stereo(12.0), tmp_path / "song.m4a", "aac")
-    clip, rate, seconds = decode_clip(tmp_path / "song.m4a", 10.0)
-    assert (len(clip), rate, seconds) == (10 * RATE, RATE, pytest.approx(12.0, abs=0.05))
-    np.testing.assert_array_equal(clip, decode_clip(tmp_path / "song.m4a", 10.0)[0])
+@pytest.mark.parametrize("codec", LOSSY)
+def test_a_lossy_file_gives_its_middle_the_same_every_time(tmp_path, codec):
+    _encode(_stereo(12.0), tmp_path / LOSSY[codec], codec)
+    notes = []
+    clip, rate, seconds = decode_clip(tmp_path / LOSSY[codec], 10.0, notes=notes)
+    assert (len(clip), rate, seconds, notes) == (10 * RATE, RATE, pytest.approx(12.0, abs=0.1), [])
+    np.testing.assert_array_equal(clip, decode_clip(tmp_path / LOSSY[codec], 10.0)[0])
 
 
 @needs_ffmpeg
@@ -64,15 +74,15 @@ def test_an_m4a_download_cut_short_gives_the_middle_of_what_it_holds(tmp_path):
 
 
 @needs_ffmpeg
-def test_a_folder_of_m4a_files_is_ingested_and_a_broken_one_is_an_error_row(tmp_path):
+def test_a_folder_in_every_format_is_ingested_and_a_broken_file_is_an_error_row(tmp_path):
     (tmp_path / "music").mkdir()
-    _encode(_stereo(6.0), tmp_path / "music" / "aac.m4a", "aac")
-    _encode(_stereo(6.0, seed=2), tmp_path / "music" / "alac.m4a", "alac")
-    whole = (tmp_path / "music" / "alac.m4a").read_bytes()
+    for seed, (codec, name) in enumerate([*LOSSLESS.items(), *LOSSY.items()]):
+        _encode(_stereo(6.0, seed), tmp_path / "music" / f"{codec}-{name}", codec)
+    whole = (tmp_path / "music" / "alac-song.m4a").read_bytes()
     (tmp_path / "music" / "broken.m4a").write_bytes(whole[:24] + bytes(4000))  # an MP4's first box, then nothing
     store = Store.open(tmp_path / "s", create=True)
     summary = ingest(store, collect(tmp_path / "music")[0], features=("mfcc",), workers=1, quiet=True)
-    assert (summary.ingested, summary.failed) == (2, 1)
+    assert (summary.ingested, summary.failed) == (len(LOSSLESS) + len(LOSSY), 1)
     error = store.query("SELECT path, error FROM ingest_errors").to_pylist()[0]
     assert error["path"].endswith("broken.m4a") and error["error"].startswith("cannot decode audio: ffmpeg: ")
 
@@ -80,7 +90,8 @@ def test_a_folder_of_m4a_files_is_ingested_and_a_broken_one_is_an_error_row(tmp_
 @needs_ffmpeg
 def test_a_playlist_named_m4a_is_refused_not_followed(tmp_path):
     """An HLS playlist makes ffmpeg read what it lists, URLs or files. agf hands ffmpeg only
-    files that begin as MP4s do, to be read by its MP4 demuxer from the file protocol alone."""
+    files that begin as an MP4 (or WMA, WavPack, Matroska) does, to be read by that format's
+    demuxer alone, from the file protocol alone."""
     target = tmp_path / "private.m4a"
     _encode(_stereo(3.0), target, "alac")
     playlist = (f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:3.0,\nfile:{target}\n#EXT-X-ENDLIST\n").encode()
@@ -91,8 +102,8 @@ def test_a_playlist_named_m4a_is_refused_not_followed(tmp_path):
             decode_clip(tmp_path / name, 10.0)
 
 
-def test_without_ffmpeg_an_m4a_file_is_an_error_row_that_names_it(tmp_path, monkeypatch):
+def test_without_ffmpeg_such_a_file_is_an_error_row_that_names_it(tmp_path, monkeypatch):
     (tmp_path / "song.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A \x00\x00\x02\x00isomM4A " + bytes(100))
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    with pytest.raises(AudioError, match=r"needs ffmpeg.*install ffmpeg"):
+    with pytest.raises(AudioError, match=r"an MP4 \(M4A\) file needs ffmpeg.*install ffmpeg"):
         decode_clip(tmp_path / "song.m4a", 10.0)
