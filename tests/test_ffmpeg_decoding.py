@@ -10,6 +10,7 @@ import pytest
 
 from agf.ingest import collect, ingest
 from agf.ingest.audio import AudioError, decode_clip
+from agf.ingest.metadata import read_folder
 from agf.store import Store
 
 FFMPEG = shutil.which("ffmpeg")
@@ -85,6 +86,15 @@ def test_a_folder_in_every_format_is_ingested_and_a_broken_file_is_an_error_row(
     assert (summary.ingested, summary.failed) == (len(LOSSLESS) + len(LOSSY), 1)
     error = store.query("SELECT path, error FROM ingest_errors").to_pylist()[0]
     assert error["path"].endswith("broken.m4a") and error["error"].startswith("cannot decode audio: ffmpeg: ")
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("codec, name", [("aac", "song.m4a"), ("wmav2", "song.wma"), ("wavpack", "song.wv")])
+def test_a_file_s_own_tags_name_its_artist_title_album_and_genre(tmp_path, codec, name):
+    facts = {"artist": "Ludwig Ø", "title": "Für Elise", "album": "Bagatelles", "genre": "Classical"}
+    _encode(_stereo(2.0), tmp_path / name, codec, *[a for k, v in facts.items() for a in ("-metadata", f"{k}={v}")])
+    [candidate] = read_folder(tmp_path)
+    assert (candidate.artist, candidate.title, candidate.album, candidate.genre_top) == tuple(facts.values())
 
 
 @needs_ffmpeg

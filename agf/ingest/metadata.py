@@ -297,13 +297,19 @@ def _tagged(path: Path, source_id: str) -> Candidate:
         tags = mutagen.File(path, easy=True) if stat.S_ISREG(path.stat().st_mode) else None
     except Exception:  # noqa: BLE001 - unreadable tags are not fatal; decoding decides
         tags = None
-    genre = _tag(tags, "genre")
+    names = _ASF_NAMES if type(tags).__name__ == "ASF" else {}
+    genre = _tag(tags, names.get("genre", "genre"))
     return Candidate(
         path=path,
         source_id=source_id,
-        title=_tag(tags, "title") or path_text(path.stem),
-        artist=_tag(tags, "artist") or "unknown",
-        album=_tag(tags, "album"),
+        title=_tag(tags, names.get("title", "title")) or path_text(path.stem),
+        artist=_tag(tags, names.get("artist", "artist")) or "unknown",
+        album=_tag(tags, names.get("album", "album")),
         genre_top=genre,
         genre_names=[genre] if genre else [],
     )
+
+
+#: WMA's attribute names, by the names mutagen's "easy" interfaces give other formats' tags (it has
+#: none for ASF).
+_ASF_NAMES = {"title": "Title", "artist": "Author", "album": "WM/AlbumTitle", "genre": "WM/Genre"}
