@@ -120,6 +120,16 @@ def test_bad_files_become_error_rows_and_the_batch_goes_on(tmp_path, small_corpu
     assert store.query("SELECT name FROM artists").to_pylist() == [{"name": "unknown"}]
 
 
+def test_a_folder_scan_passes_over_hidden_files_and_folders(tmp_path, small_corpus):
+    song = sorted(small_corpus.parent.glob("audio/*/*.flac"))[0].read_bytes()
+    (tmp_path / "music" / ".Trash").mkdir(parents=True)
+    (tmp_path / "music" / "song.flac").write_bytes(song)
+    (tmp_path / "music" / "._song.flac").write_bytes(b"\x00\x05\x16\x07" + bytes(4000))  # macOS's resource data
+    (tmp_path / "music" / ".Trash" / "old.flac").write_bytes(song)
+    candidates, _ = collect(tmp_path / "music")
+    assert [c.source_id for c in candidates] == ["song.flac"]
+
+
 @pytest.mark.parametrize("kind", ["MP3", "FLAC"])
 def test_a_download_cut_short_is_ingested_from_the_audio_it_holds(tmp_path, kind):
     """Its header promises 40 s; its middle by that lies past its end, where nothing can be read."""

@@ -267,12 +267,15 @@ def _tag(tags, key: str) -> str | None:
 def read_folder(folder: Path) -> list[Candidate]:
     """Every audio file under ``folder`` (by extension), described by its own tags (mutagen).
 
-    Files without an artist tag get the artist 'unknown'.
+    Files without an artist tag get the artist 'unknown'. Hidden files and folders (a name that
+    begins with '.') are passed over, as music players pass them over: macOS leaves a '._song.m4a'
+    of resource data beside each song it copies to a foreign disk.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise AgfError(f"{folder} is not a folder")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts) and p.is_file())
     return [_tagged(path, path_text(path.relative_to(folder))) for path in paths]
 
 
