@@ -113,6 +113,17 @@ def test_a_playlist_named_m4a_is_refused_not_followed(tmp_path):
             decode_clip(tmp_path / name, 10.0)
 
 
+@needs_ffmpeg
+def test_a_stream_wider_than_7_1_is_refused_before_it_is_decoded(tmp_path):
+    """A lossless file of silence is tiny whatever its width: 16 channels at 384 kHz, 30 s, would
+    decode to 737 MB."""
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "anullsrc=r=96000:cl=hexadecagonal", "-t", "3",
+                    "-c:a", "wavpack", str(tmp_path / "wide.wv")], check=True)
+    assert (tmp_path / "wide.wv").stat().st_size < 100_000
+    with pytest.raises(AudioError, match=r"an audio stream of 1\d channels at 96000 Hz is not one agf reads"):
+        decode_clip(tmp_path / "wide.wv", 30.0)
+
+
 def test_without_ffmpeg_such_a_file_is_an_error_row_that_names_it(tmp_path, monkeypatch):
     (tmp_path / "song.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A \x00\x00\x02\x00isomM4A " + bytes(100))
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))

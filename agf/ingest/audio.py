@@ -214,7 +214,9 @@ class _FfmpegFile:
     INPUT = ["-hide_banner", "-v", "error", "-protocol_whitelist", "file"]
     #: ffmpeg's output: the first audio stream's samples, interleaved float32, to its standard output.
     OUTPUT = ["-map", "0:a:0", "-f", "f32le", "-c:a", "pcm_f32le", "pipe:1"]
-    MAX_CHANNELS = 64
+    #: The widest and fastest stream decoded: 7.1 surround at 384 kHz. A lossless file of silence
+    #: is tiny whatever its width, and decoding a clip of a wider one could fill the memory.
+    MAX_CHANNELS, MAX_RATE = 8, 384_000
 
     def __init__(self, path: Path, demuxer: str):
         self.ffmpeg, ffprobe = shutil.which("ffmpeg"), shutil.which("ffprobe")
@@ -230,7 +232,7 @@ class _FfmpegFile:
         if "sample_rate" not in stream:
             raise ValueError(f"the {_NAMES[demuxer]} file holds no audio stream")
         self.rate, self.channels = int(stream["sample_rate"]), int(stream.get("channels", 0))
-        if not (0 < self.rate <= 768_000 and 0 < self.channels <= self.MAX_CHANNELS):
+        if not (0 < self.rate <= self.MAX_RATE and 0 < self.channels <= self.MAX_CHANNELS):
             raise ValueError(f"an audio stream of {self.channels} channels at {self.rate} Hz is not one agf reads")
         seconds = float(stream.get("duration") or facts.get("format", {}).get("duration") or "0")
         if not 0 <= seconds < 1e7:  # NaN too
