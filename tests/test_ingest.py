@@ -120,6 +120,14 @@ def test_bad_files_become_error_rows_and_the_batch_goes_on(tmp_path, small_corpu
     assert store.query("SELECT name FROM artists").to_pylist() == [{"name": "unknown"}]
 
 
+def test_a_small_file_that_would_decode_past_7_1_channels_is_refused_before_it_is(tmp_path):
+    """Ogg allows 255 channels and compresses silence to almost nothing: 12 channels, 3 s, 4 KB."""
+    sf.write(tmp_path / "wide.ogg", np.zeros((48000 * 3, 12), np.float32), 48000, format="OGG", subtype="VORBIS")
+    assert (tmp_path / "wide.ogg").stat().st_size < 20_000
+    with pytest.raises(AudioError, match="an audio stream of 12 channels at 48000 Hz is not one agf reads"):
+        decode_clip(tmp_path / "wide.ogg", 30.0)
+
+
 def test_a_folder_scan_passes_over_hidden_files_and_folders(tmp_path, small_corpus):
     song = sorted(small_corpus.parent.glob("audio/*/*.flac"))[0].read_bytes()
     (tmp_path / "music" / ".Trash").mkdir(parents=True)

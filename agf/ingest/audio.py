@@ -121,6 +121,19 @@ def decode_clip(path: Path, max_seconds: float, *, notes: list[str] | None = Non
     return y, native_rate, total / native_rate
 
 
+#: The widest and fastest stream decoded: 7.1 surround at 384 kHz. A compressed file of silence
+#: is tiny whatever its width (Ogg and Opus allow 255 channels), and a clip of a wider one could
+#: fill the memory as it is decoded.
+MAX_CHANNELS, MAX_RATE = 8, 384_000
+
+
+def _readable_stream(rate: int, channels: int) -> tuple[int, int]:
+    """``(rate, channels)`` of a stream agf decodes; ValueError for any other."""
+    if not (0 < rate <= MAX_RATE and 0 < channels <= MAX_CHANNELS):
+        raise ValueError(f"an audio stream of {channels} channels at {rate} Hz is not one agf reads")
+    return rate, channels
+
+
 #: Frames decoded at a time while a file is counted through (see :func:`_middle`).
 _BLOCK = 1 << 16
 
@@ -177,7 +190,8 @@ class _SoundFile:
     def __init__(self, name: bytes):
         self.name = name
         with sf.SoundFile(name) as fh:
-            self.rate, self.promised = fh.samplerate, fh.frames
+            self.rate, _ = _readable_stream(fh.samplerate, fh.channels)
+            self.promised = fh.frames
 
     def middle(self, frames: int, longest: int) -> np.ndarray | None:
         """The middle ``longest`` of the first ``frames`` frames, (n, channels) float32, or None
@@ -214,9 +228,6 @@ class _FfmpegFile:
     INPUT = ["-hide_banner", "-v", "error", "-protocol_whitelist", "file"]
     #: ffmpeg's output: the first audio stream's samples, interleaved float32, to its standard output.
     OUTPUT = ["-map", "0:a:0", "-f", "f32le", "-c:a", "pcm_f32le", "pipe:1"]
-    #: The widest and fastest stream decoded: 7.1 surround at 384 kHz. A lossless file of silence
-    #: is tiny whatever its width, and decoding a clip of a wider one could fill the memory.
-    MAX_CHANNELS, MAX_RATE = 8, 384_000
 
     def __init__(self, path: Path, demuxer: str):
         self.ffmpeg, ffprobe = shutil.which("ffmpeg"), shutil.which("ffprobe")
@@ -231,9 +242,7 @@ class _FfmpegFile:
         stream = (facts.get("streams") or [{}])[0]
         if "sample_rate" not in stream:
             raise ValueError(f"the {_NAMES[demuxer]} file holds no audio stream")
-        self.rate, self.channels = int(stream["sample_rate"]), int(stream.get("channels", 0))
-        if not (0 < self.rate <= self.MAX_RATE and 0 < self.channels <= self.MAX_CHANNELS):
-            raise ValueError(f"an audio stream of {self.channels} channels at {self.rate} Hz is not one agf reads")
+        self.rate, self.channels = _readable_stream(int(stream["sample_rate"]), int(stream.get("channels", 0)))
         seconds = float(stream.get("duration") or facts.get("format", {}).get("duration") or "0")
         if not 0 <= seconds < 1e7:  # NaN too
             raise ValueError(f"an audio stream of {seconds} s is not one agf reads")
