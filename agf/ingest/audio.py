@@ -102,7 +102,7 @@ def decode_clip(path: Path, max_seconds: float, *, notes: list[str] | None = Non
         raise AudioError("decode", f"cannot decode audio: {_libsndfile_error(exc, path)}") from None
     except (RuntimeError, ValueError, EOFError, OSError) as exc:
         raise AudioError("decode", f"cannot decode audio: {_clean(exc)}") from None
-    # lossy formats' headers may be out by their encoder's padding: a second short is cut off
+    # a lossy format's header may be out by its encoder's padding: a second or more missing is a cut
     if promised - total >= native_rate and notes is not None:
         notes.append(f"the file holds {total / native_rate:.1f} s of audio where its header says "
                      f"{promised / native_rate:.1f} s: cut short?")
