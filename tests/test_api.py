@@ -63,3 +63,27 @@ def test_zero_neighbours_is_an_agf_error_for_artists_and_tracks(searchable_train
     for ask in (lambda: store.similar(name, k=0), lambda: store.similar_tracks(1, k=0)):
         with pytest.raises(agf.AgfError, match="k must be a positive number of neighbours, not 0"):
             ask()
+
+
+def test_tag_writes_genres_in_your_words_a_playlist_and_undo_puts_the_tags_back(searchable_trained, game_music, tmp_path):
+    import mutagen
+
+    shutil.copytree(searchable_trained / "store", tmp_path / "store")
+    (tmp_path / "music").mkdir()
+    for clip in sorted((game_music / "clips").rglob("*.mp3"))[:2]:
+        shutil.copy(clip, tmp_path / "music" / clip.name)
+    tags = lambda path: dict(mutagen.File(path).tags or {})  # noqa: E731
+    before = {path: tags(path) for path in (tmp_path / "music").iterdir()}
+    with agf.open(tmp_path / "store", write=True) as store:
+        with pytest.raises(agf.AgfError, match="dry_run=True goes with write_tags=True"):
+            store.tag(tmp_path / "music", dry_run=True)
+        classes = json.loads(store.sql("select params from models where kind = 'transfer'")["params"][0].as_py())["classes"]
+        rows = list(store.tag(tmp_path / "music", top=1, write_tags=True, min_probability=0,
+                              genres_map={g: f"My {g}" for g in classes}, m3u=tmp_path / "by-genre.m3u"))
+        for row in rows:
+            assert mutagen.File(row["path"], easy=True)["genre"] == [f"My {row['genre']}"]
+        playlist = (tmp_path / "by-genre.m3u").read_text(encoding="utf-8").splitlines()
+        assert sorted(line for line in playlist if not line.startswith("#")) == sorted(map(str, before))
+        undone = store.undo_tags(since="2000-01-01")
+    assert [r["done"] for r in undone] == ["restored"] * 2
+    assert {path: tags(path) for path in before} == before

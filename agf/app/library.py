@@ -122,17 +122,43 @@ class Library:
         self._similar = None
         return summary.as_dict()
 
-    def tag(self, paths=None, *, manifest=None, model: str | None = None, top: int = 3, workers: int | None = None,
+    def tag(self, paths=None, *, manifest=None, model: str | None = None, top: int = 3, write_tags: bool = False,
+            min_probability: float = 0.5, genres_map=None, dry_run: bool = False, m3u=None, workers: int | None = None,
             chunk_size: int = 256, device: str = "auto", precision: str = "auto", quiet: bool = True) -> Iterator[dict]:
         """Tag audio files (or folders of them) with genres, as ``agf tag`` does: yields one row per
-        file (path, track_id, genre, probability, top, error) as its chunk commits. Needs ``write=True``."""
+        file (path, track_id, genre, probability, top, error) as its chunk commits. Needs ``write=True``.
+
+        With ``write_tags``, at most ``top`` genres at ``min_probability`` or above also go into
+        each file's own tags, renamed by ``genres_map`` (a dict, or a JSON or CSV file as for
+        ``--genres-map``), and each row says what changed in ``tags``; ``dry_run`` only says it.
+        With ``m3u`` (a path), the tagged files are written to that playlist, grouped by genre.
+        :meth:`undo_tags` puts the tags back.
+        """
+        from agf.app.filetags import GenrePolicy, read_genres_map
         from agf.app.tag import files_to_tag, tag_files
 
         self._writable("tag")
+        if dry_run and not write_tags:
+            raise AgfError("dry_run=True goes with write_tags=True")
         if isinstance(paths, (str, Path)):
             paths = [paths]
+        names = read_genres_map(genres_map) if isinstance(genres_map, (str, Path)) else genres_map
+        policy = GenrePolicy(min_probability, top, names) if write_tags else None
         return tag_files(self.store, files_to_tag(paths, manifest), model=model, top=top, workers=workers,
-                         chunk_size=chunk_size, device=device, precision=precision, quiet=quiet)
+                         chunk_size=chunk_size, device=device, precision=precision, quiet=quiet, write=policy,
+                         dry_run=dry_run, m3u=Path(m3u).expanduser() if m3u else None)
+
+    def undo_tags(self, paths=None, *, since=None, dry_run: bool = False) -> list[dict]:
+        """Put back the genre tags :meth:`tag` wrote (since ``since``, a datetime or an ISO 8601
+        text, UTC unless it says otherwise; to ``paths`` only, if given), as ``agf tag --undo``
+        does: one row per file. Needs ``write=True``."""
+        from agf.app.filetags import parse_since, undo
+
+        self._writable("undo tags")
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        return undo(self.store, since=parse_since(since) if isinstance(since, str) else since,
+                    paths=list(paths) if paths else None, dry_run=dry_run)
 
     def _writable(self, what: str) -> None:
         if not self.store.writable:
