@@ -128,6 +128,18 @@ def test_a_small_file_that_would_decode_past_7_1_channels_is_refused_before_it_i
         decode_clip(tmp_path / "wide.ogg", 30.0)
 
 
+@pytest.mark.parametrize("command", ["ingest", "tag"])
+def test_a_folder_without_audio_is_one_line_of_error_and_makes_no_store(tmp_path, cli, command):
+    (tmp_path / "photos" / ".hidden").mkdir(parents=True)
+    (tmp_path / "photos" / "cover.jpg").write_bytes(b"\xff\xd8\xff")
+    (tmp_path / "photos" / ".hidden" / "song.mp3").write_bytes(b"ID3")
+    out = cli(command, tmp_path / "photos", "--store", tmp_path / "store")
+    assert out.exit_code == 1 and out.output.strip().splitlines() == [
+        f"Error: no audio files under {tmp_path / 'photos'}: agf reads .aif .aiff .flac .m4a .mka .mp3 .oga .ogg "
+        ".opus .wav .webm .wma .wv files (hidden ones are passed over)"]
+    assert not (tmp_path / "store").exists()
+
+
 def test_a_folder_scan_passes_over_hidden_files_and_folders(tmp_path, small_corpus):
     song = sorted(small_corpus.parent.glob("audio/*/*.flac"))[0].read_bytes()
     (tmp_path / "music" / ".Trash").mkdir(parents=True)

@@ -269,13 +269,17 @@ def read_folder(folder: Path) -> list[Candidate]:
 
     Files without an artist tag get the artist 'unknown'. Hidden files and folders (a name that
     begins with '.') are passed over, as music players pass them over: macOS leaves a '._song.m4a'
-    of resource data beside each song it copies to a foreign disk.
+    of resource data beside each song it copies to a foreign disk. A folder with no audio file
+    under it is an error.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise AgfError(f"{folder} is not a folder")
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS
                    and not any(part.startswith(".") for part in p.relative_to(folder).parts) and p.is_file())
+    if not paths:  # most likely the wrong folder: say so rather than do nothing (or make an empty store)
+        raise AgfError(f"no audio files under {path_text(folder)}: agf reads {' '.join(sorted(AUDIO_EXTENSIONS))} "
+                       f"files (hidden ones are passed over)")
     return [_tagged(path, path_text(path.relative_to(folder))) for path in paths]
 
 
