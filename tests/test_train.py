@@ -308,6 +308,21 @@ def test_the_whole_learning_half_runs_and_is_evaluated_side_by_side(trainable, c
     assert exact["models"]["baseline: logistic regression on fma"] == report["models"]["baseline: logistic regression on fma"]
 
 
+@pytest.mark.parametrize("command, message", [
+    (["train", "--target", "genre"], "no track has a genre to learn from: genres come from a manifest's genre column, "
+                                     "FMA's tracks.csv or the files' own genre tags"),
+    (["factors", "build"], "mfcc: factors need tracks of 2 artists or more; the store has 1"),
+])
+def test_a_folder_of_untagged_files_says_what_each_step_lacks(small_corpus, tmp_path, cli, command, message):
+    """A newcomer's first folder: files without tags, so one artist ('unknown') and no genre."""
+    (tmp_path / "mine").mkdir()
+    for clip in sorted(small_corpus.parent.glob("audio/*/*.flac"))[:3]:
+        (tmp_path / "mine" / clip.name).write_bytes(clip.read_bytes())
+    assert cli("ingest", tmp_path / "mine", "--quiet", "--store", tmp_path / "s").exit_code == 0
+    out = cli(*command, "--store", tmp_path / "s")
+    assert out.exit_code == 1 and out.output.strip() == f"Error: {message}"
+
+
 def test_too_few_labelled_tracks_is_a_clear_error(small_store, tmp_path, cli):
     import shutil
 

@@ -154,8 +154,10 @@ class ArtistGroupFactors:
         tracks_per_artist = np.unique(artists, return_counts=True)
         kept = set(tracks_per_artist[0][tracks_per_artist[1] >= self.min_tracks].tolist())
         fitting = [i for i, a in enumerate(artists.tolist()) if a in kept]
-        if len(kept) < 2:
+        if len(kept) < 2 and self.min_tracks > 1:
             raise AgfError(f"{self.name}: fewer than 2 artists have {self.min_tracks}+ tracks; lower --min-tracks")
+        if len(kept) < 2:  # no option helps: factors tell artists apart
+            raise AgfError(f"{self.name}: factors need tracks of 2 artists or more; the store has {len(kept)}")
         say(f"{self.name}: fitting on {len(fitting)} tracks of {len(kept)} artists", not self.verbose)
         self.fit_dictionary(points_by_track, fitting)
         self.words_ = self.count_words(points_by_track)

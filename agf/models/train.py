@@ -105,6 +105,9 @@ def fit_cnn(store: Store, target: str, params: TrainParams, quiet: bool = False)
     parts = _split_indices(tracks, labelled, params)
     train, val = parts["training"], parts["validation"]
     n_classes_seen = len({int(np.argmax(y[i])) for i in train}) if target == "genre" else len(classes)
+    if not labelled and target == "genre":
+        raise AgfError("no track has a genre to learn from: genres come from a manifest's genre column, FMA's "
+                       "tracks.csv or the files' own genre tags")
     if len(train) < MIN_TRAINING_TRACKS or n_classes_seen < 2:
         raise AgfError(
             f"too few labelled tracks to train {target}: {len(train)} in the training split"
