@@ -7,8 +7,10 @@ follow a neighbour, and click a point of the map; they save screenshots in AGF_S
 when it is set.
 """
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -32,20 +34,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def site(searchable_trained):
-    """A real uvicorn server over the trained store, on a free port of 127.0.0.1: its base URL."""
-    server = uvicorn.Server(uvicorn.Config(create_app(searchable_trained / "store"), host="127.0.0.1",
-                                           port=_free_port(), log_level="warning"))
+@contextlib.contextmanager
+def _served(store: Path):
+    """A real uvicorn server over ``store``, on a free port of 127.0.0.1: its base URL."""
+    server = uvicorn.Server(uvicorn.Config(create_app(store), host="127.0.0.1", port=_free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
         assert time.monotonic() < deadline, "the server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{server.config.port}"
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def site(searchable_trained):
+    """A real uvicorn server over the trained store: its base URL."""
+    with _served(searchable_trained / "store") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -251,6 +261,27 @@ def test_search_an_artist_listen_and_follow_a_neighbour(browser, site, facts, tm
     assert "factor" in browser.find_element(By.CSS_SELECTOR, "li.neighbour .why").text
     neighbour.click()
     _wait(lambda: browser.find_element(By.TAG_NAME, "h1").text == name, message="the neighbour's page did not open")
+
+
+@pytest.mark.skipif(not shutil.which("ffmpeg"), reason="a WMA file is encoded and decoded by ffmpeg")
+def test_a_track_the_browser_cannot_play_says_so_on_its_button(browser, searchable_trained, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    shutil.copytree(searchable_trained / "store", tmp_path / "store")
+    (tmp_path / "wma").mkdir()
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=frequency=440:duration=4", "-metadata",
+                    "artist=Windows Artist", "-c:a", "wmav2", str(tmp_path / "wma" / "old.wma")], check=True)
+    ingested = subprocess.run([sys.executable, "-m", "agf.cli", "ingest", str(tmp_path / "wma"), "--quiet", "--json",
+                               "--store", str(tmp_path / "store")], capture_output=True, text=True, timeout=300)
+    assert json.loads(ingested.stdout)["ingested"] == 1, ingested.stderr
+    with Store.open(tmp_path / "store") as store:
+        artist = store.query("SELECT artist_id FROM artists WHERE name = 'Windows Artist'")["artist_id"][0].as_py()
+    with _served(tmp_path / "store") as url:
+        browser.get(f"{url}/artists/{artist}")
+        button = browser.find_element(By.CSS_SELECTOR, "ol.tracks button.play")
+        button.click()
+        _wait(lambda: button.get_attribute("disabled"), 30, "the button of a WMA track did not say it cannot play")
+        assert button.text == "✕" and button.get_attribute("title") == "This browser cannot play this file's format"
 
 
 def test_the_map_draws_every_artist_and_a_click_opens_one(browser, site, searchable_trained, tmp_path):

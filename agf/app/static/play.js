@@ -14,3 +14,13 @@ document.addEventListener("pause", (event) => {
   const button = event.target.previousElementSibling;
   if (button && button.classList) button.classList.remove("playing");
 }, true);
+// A file the browser cannot decode (WMA, WavPack): its button says so instead of doing nothing.
+document.addEventListener("error", (event) => {
+  const button = event.target.previousElementSibling;
+  if (event.target.tagName !== "AUDIO" || !button || !button.classList.contains("play")) return;
+  button.disabled = true;
+  button.classList.add("unplayable");
+  button.textContent = "✕";
+  button.title = "This browser cannot play this file's format";
+  button.setAttribute("aria-label", button.title);
+}, true);
