@@ -4,6 +4,7 @@ says so."""
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,6 +97,26 @@ def test_a_file_s_own_tags_name_its_artist_title_album_and_genre(tmp_path, codec
     _encode(_stereo(2.0), tmp_path / name, codec, *[a for k, v in facts.items() for a in ("-metadata", f"{k}={v}")])
     [candidate] = read_folder(tmp_path)
     assert (candidate.artist, candidate.title, candidate.album, candidate.genre_top) == tuple(facts.values())
+
+
+@needs_ffmpeg
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="looks for processes in Linux's /proc")
+def test_a_file_past_its_time_is_an_error_row_and_leaves_no_ffmpeg_running(tmp_path, cli):
+    (tmp_path / "music").mkdir()
+    _encode(_stereo(40.0), tmp_path / "music" / "slow.m4a", "alac")  # about 0.2 s to probe and decode
+    out = cli("ingest", tmp_path / "music", "--file-timeout", "0.01", "--quiet", "--store", tmp_path / "s")
+    assert out.exit_code == 0
+    with Store.open(tmp_path / "s") as store:
+        assert store.query("SELECT error FROM ingest_errors")["error"].to_pylist() == [
+            "took longer than 0.01 s (--file-timeout): skipped"]
+    assert [] == [cmdline for cmdline in map(_cmdline, Path("/proc").glob("[0-9]*")) if str(tmp_path).encode() in cmdline]
+
+
+def _cmdline(process: Path) -> bytes:
+    try:
+        return (process / "cmdline").read_bytes()
+    except OSError:  # it ended meanwhile
+        return b""
 
 
 @needs_ffmpeg
