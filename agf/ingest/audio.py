@@ -140,7 +140,8 @@ _BLOCK = 1 << 16
 
 def _middle(path: Path, max_seconds: float) -> tuple[np.ndarray, int, int, int]:
     """The middle ``max_seconds`` of ``path``: its frames (n, channels) float32, its rate in Hz,
-    the number of frames it holds and the number its header promises.
+    the number of frames it holds and the number its header promises. Decoded by ffmpeg when its
+    first bytes name a format libsndfile cannot read (:func:`_ffmpeg_demuxer`), else by libsndfile.
 
     These two numbers differ when the file ends before its header says (a download cut short).
     Its middle by the header can then lie past its end (no samples, or a failed seek), so the
