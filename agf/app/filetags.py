@@ -100,7 +100,8 @@ def _open_tags(path: Path):
     except Exception as exc:  # noqa: BLE001 - a damaged file may trip any of mutagen's parsers: its error, one line
         raise AgfError(f"{path}: its tags cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
     if audio is None or type(audio).__name__ not in FIELDS:
-        raise AgfError(f"{path}: agf writes genres into MP3, FLAC, Ogg Vorbis, Opus, MP4/M4A, WavPack and WMA files only")
+        raise AgfError(f"{path}: agf writes genres into MP3, FLAC, Ogg Vorbis, Opus, MP4/M4A, WavPack and WMA "
+                       f"files only")
     return audio
 
 

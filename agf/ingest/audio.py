@@ -20,7 +20,8 @@ import soundfile as sf
 from agf.store.paths import open_regular
 
 #: Extensions a folder scan picks up (a manifest may name any file; undecodable ones are errors).
-AUDIO_EXTENSIONS = {".mp3", ".ogg", ".oga", ".opus", ".flac", ".wav", ".aif", ".aiff", ".m4a", ".wma", ".wv", ".mka", ".webm"}
+AUDIO_EXTENSIONS = {".mp3", ".ogg", ".oga", ".opus", ".flac", ".wav", ".aif", ".aiff",  # libsndfile's
+                    ".m4a", ".wma", ".wv", ".mka", ".webm"}  # ffmpeg's
 #: A clip whose peak stays below this (about -80 dBFS) is treated as silence.
 SILENCE_PEAK = 1e-4
 
