@@ -150,6 +150,19 @@ def test_a_folder_scan_passes_over_hidden_files_and_folders(tmp_path, small_corp
     assert [c.source_id for c in candidates] == ["song.flac"]
 
 
+def test_a_folder_scan_follows_linked_folders_once_and_never_loops(tmp_path, small_corpus):
+    songs = sorted(small_corpus.parent.glob("audio/*/*.flac"))
+    (tmp_path / "music" / "a").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "b").mkdir(parents=True)
+    (tmp_path / "music" / "a" / "one.flac").write_bytes(songs[0].read_bytes())
+    (tmp_path / "elsewhere" / "b" / "two.flac").write_bytes(songs[1].read_bytes())
+    (tmp_path / "music" / "linked").symlink_to(tmp_path / "elsewhere" / "b")  # a library spread over disks
+    (tmp_path / "music" / "a" / "up").symlink_to(tmp_path / "music")  # a loop
+    (tmp_path / "music" / "gone.flac").symlink_to(tmp_path / "nowhere.flac")
+    candidates, _ = collect(tmp_path / "music")
+    assert [c.source_id for c in candidates] == ["a/one.flac", "linked/two.flac"]
+
+
 @pytest.mark.parametrize("kind", ["MP3", "FLAC"])
 def test_a_download_cut_short_is_ingested_from_the_audio_it_holds(tmp_path, kind):
     """Its header promises 40 s; its middle by that lies past its end, where nothing can be read."""

@@ -6,6 +6,7 @@ the genre tree. Readers never decode audio; a missing file becomes the pipeline'
 
 import ast
 import csv
+import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -269,18 +270,35 @@ def read_folder(folder: Path) -> list[Candidate]:
 
     Files without an artist tag get the artist 'unknown'. Hidden files and folders (a name that
     begins with '.') are passed over, as music players pass them over: macOS leaves a '._song.m4a'
-    of resource data beside each song it copies to a foreign disk. A folder with no audio file
-    under it is an error.
+    of resource data beside each song it copies to a foreign disk. Linked folders are followed,
+    each folder once (a link back up is no loop). A folder with no audio file under it is an error.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise AgfError(f"{folder} is not a folder")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts) and p.is_file())
+    paths = _audio_files(folder)
     if not paths:  # most likely the wrong folder: say so rather than do nothing (or make an empty store)
         raise AgfError(f"no audio files under {path_text(folder)}: agf reads {' '.join(sorted(AUDIO_EXTENSIONS))} "
                        f"files (hidden ones are passed over)")
     return [_tagged(path, path_text(path.relative_to(folder))) for path in paths]
+
+
+def _audio_files(folder: Path) -> list[Path]:
+    """The audio files under ``folder``, in name order, through linked folders, each folder once."""
+    found, seen = [], set()
+    for root, folders, files in os.walk(folder, followlinks=True):
+        try:
+            identity = os.stat(root)
+        except OSError:  # a link to nowhere
+            folders[:] = []
+            continue
+        if (identity.st_dev, identity.st_ino) in seen:
+            folders[:] = []
+            continue
+        seen.add((identity.st_dev, identity.st_ino))
+        folders[:] = [f for f in folders if not f.startswith(".")]
+        found += [Path(root, f) for f in files if not f.startswith(".") and Path(f).suffix.lower() in AUDIO_EXTENSIONS]
+    return sorted(p for p in found if p.is_file())
 
 
 def read_files(paths: list[Path]) -> list[Candidate]:
