@@ -77,6 +77,9 @@ def test_tag_writes_genres_in_your_words_a_playlist_and_undo_puts_the_tags_back(
     with agf.open(tmp_path / "store", write=True) as store:
         with pytest.raises(agf.AgfError, match="dry_run=True goes with write_tags=True"):
             store.tag(tmp_path / "music", dry_run=True)
+        for bad in ({"Rock": 5}, ["Rock"]):  # nothing is tagged, written or committed
+            with pytest.raises(agf.AgfError, match="a genres map maps the model's genre names to your names"):
+                store.tag(tmp_path / "music", write_tags=True, genres_map=bad)
         classes = json.loads(store.sql("select params from models where kind = 'transfer'")["params"][0].as_py())["classes"]
         rows = list(store.tag(tmp_path / "music", top=1, write_tags=True, min_probability=0,
                               genres_map={g: f"My {g}" for g in classes}, m3u=tmp_path / "by-genre.m3u"))

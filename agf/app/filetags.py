@@ -48,6 +48,8 @@ class GenrePolicy:
             raise AgfError(f"--min-probability is a probability, between 0 and 1, not {self.min_probability}")
         if self.top < 1:
             raise AgfError(f"--top must be at least 1, not {self.top}")
+        if self.names is not None and not _is_names(self.names):  # from Python, any object may come
+            raise AgfError("a genres map maps the model's genre names to your names, text to text")
 
     def choose(self, ranked: list[tuple[str, float]]) -> list[str]:
         """The names to write for genres ranked by probability, most probable first."""
@@ -74,7 +76,7 @@ def read_genres_map(path: Path) -> dict[str, str]:
             mapping = json.loads(text)
         except json.JSONDecodeError as exc:
             raise AgfError(f"{path}: not JSON ({exc.msg})") from None
-        if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+        if not _is_names(mapping):
             raise AgfError(f"{path}: a genres map is an object of genre names to names")
         return mapping
     rows = [r for r in csv.reader(text.splitlines()) if r and any(c.strip() for c in r)]
@@ -83,6 +85,11 @@ def read_genres_map(path: Path) -> dict[str, str]:
     if rows and [c.strip().lower() for c in rows[0]] in (["genre", "name"], ["model", "name"], ["from", "to"]):
         rows = rows[1:]
     return {a.strip(): b.strip() for a, b in rows}
+
+
+def _is_names(mapping) -> bool:
+    """Whether ``mapping`` is a genres map: a dict of text to text."""
+    return isinstance(mapping, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items())
 
 
 # -- one file's genres ------------------------------------------------------------------------------

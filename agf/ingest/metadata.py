@@ -289,7 +289,7 @@ def _audio_files(folder: Path) -> list[Path]:
     for root, folders, files in os.walk(folder, followlinks=True):
         try:
             identity = os.stat(root)
-        except OSError:  # a link to nowhere
+        except OSError:  # a folder gone since it was listed
             folders[:] = []
             continue
         if (identity.st_dev, identity.st_ino) in seen:
