@@ -360,7 +360,7 @@ def factors_show(
 Split = Annotated[str, typer.Option(help="auto (FMA's set.split where every track has one, else artist), artist, random, stored.")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")]
-Precision = Annotated[str, typer.Option(help="CNN arithmetic: auto (whichever of bf16 and fp32 ran faster when timed once on this machine), fp32 or bf16.")]
+Precision = Annotated[str, typer.Option(help="CNN arithmetic: fp32, bf16 or int8 (8-bit integers, CPU), or auto: timed once on this machine, the fastest, a less exact one only if at least 5 % faster.")]
 
 
 @app.command(rich_help_panel="Learn")

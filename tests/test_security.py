@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import sparse
@@ -320,6 +321,26 @@ def test_a_factor_model_whose_dictionary_holds_numbers_agf_never_writes_is_one_l
     _point_models_at(store_copy, path_of)
     out = cli("factors", "update", "--store", store_copy)
     assert "holds arrays of inconsistent shapes or values; it was damaged" in one_error_line(out)
+
+
+@pytest.mark.parametrize("ranges", [torch.full((7, 2), float("nan")), torch.tensor([[-1e38, 1e38]] * 7), torch.zeros(3, 2),
+                                    torch.tensor([[1.0, -1.0]] * 7), "not a tensor"])
+def test_a_cnn_whose_activation_ranges_agf_never_writes_is_one_line(store_copy, trained, ranges, cli):
+    """8-bit inference divides by them: a NaN would quantize every activation to nothing."""
+
+    def path_of(row):
+        data = (store_copy / row["path"]).read_bytes()
+        if row["kind"] == "cnn":
+            checkpoint = torch.load(io.BytesIO(data), weights_only=True)
+            buffer = io.BytesIO()
+            torch.save({**checkpoint, "activation_ranges": ranges}, buffer)
+            data = buffer.getvalue()
+            (store_copy / row["path"]).write_bytes(data)
+        return row["path"], data
+
+    _point_models_at(store_copy, path_of)
+    out = cli("tag", next(trained["corpus"].rglob("*.flac")), "--precision", "fp32", "--store", store_copy)
+    assert "activation ranges are not 7 (low, high) pairs within ±1e+06" in one_error_line(out)
 
 
 # -- migrating the pickles of an older store ---------------------------------------------------------

@@ -121,10 +121,11 @@ def test_a_manifest_gives_tagged_files_their_artist_and_title(store_copy, cli, t
     assert [(r["name"], r["title"]) for r in stored] == expected
 
 
-def test_bfloat16_tagging_ranks_genres_as_float32_does(trained, game_music, cli, tmp_path):
+@pytest.mark.parametrize("approximate", ["bf16", "int8"])
+def test_bfloat16_and_8_bit_tagging_rank_genres_as_float32_does(trained, game_music, cli, tmp_path, approximate):
     files = sorted(game_music.rglob("*.mp3"))[3::32]
     tagged = {}
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", approximate):
         store_dir = tmp_path / precision
         shutil.copytree(trained["store"], store_dir)
         out = cli("tag", *files, "--precision", precision, "--store", store_dir, "--json", "--quiet")
@@ -135,12 +136,14 @@ def test_bfloat16_tagging_ranks_genres_as_float32_does(trained, game_music, cli,
             ranked = store.query("SELECT genre, probability, rank FROM predictions JOIN tracks USING (track_id) "
                                  "WHERE path IN (SELECT unnest(?::VARCHAR[])) ORDER BY path, rank", [list(map(str, files))])
         tagged[precision] = np.asarray(vectors["vector"].to_pylist()), ranked.to_pylist()
-    (exact, exact_rows), (fast, fast_rows) = tagged["fp32"], tagged["bf16"]
+    (exact, exact_rows), (fast, fast_rows) = tagged["fp32"], tagged[approximate]
     assert exact.shape == fast.shape == (2 * len(files), 256)  # two CNNs per track
     cosine = (exact * fast).sum(axis=1) / np.linalg.norm(exact, axis=1) / np.linalg.norm(fast, axis=1)
     assert cosine.min() > 0.999 and not np.array_equal(exact, fast)
     assert [r["genre"] for r in exact_rows if r["rank"] == 1] == [r["genre"] for r in fast_rows if r["rank"] == 1]
-    assert np.allclose([r["probability"] for r in exact_rows], [r["probability"] for r in fast_rows], atol=0.02)
+    moved = np.abs(np.subtract([r["probability"] for r in exact_rows], [r["probability"] for r in fast_rows]))
+    print(f"{approximate}: cosine with float32 >= {cosine.min():.5f}, probabilities within {moved.max():.4f}")
+    assert moved.max() < 0.02
 
 
 def test_rows_stream_out_chunk_by_chunk_and_a_closed_pipe_stops_tagging_cleanly(store_copy, game_music):

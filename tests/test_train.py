@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agf.ingest import collect, ingest
@@ -80,16 +80,17 @@ def test_the_fast_inference_copy_computes_what_the_network_does():
     assert model.training is False and isinstance(model.features[0][1], torch.nn.BatchNorm2d)  # the original is untouched
 
 
-def test_bfloat16_inference_stays_within_half_a_percent_and_does_not_depend_on_the_batch():
+@pytest.mark.parametrize("precision, within", [("bf16", 0.005), ("int8", 0.03)])
+def test_bfloat16_and_8_bit_inference_stay_within_their_bounds_and_do_not_depend_on_the_batch(precision, within):
     model = _evaluation_model()
     x = torch.randn(40, 1, 128, 43)
-    fast = inference_copy(model, "bf16")
+    fast = inference_copy(model, precision)
     with torch.no_grad():
         exact, approximate = model.embed(x), fast.embed(x.contiguous(memory_format=torch.channels_last))
         alone = torch.cat([fast.embed(x[i : i + 7].contiguous(memory_format=torch.channels_last)) for i in range(0, 40, 7)])
         odd = fast.embed(x[:, :, :, :37].contiguous(memory_format=torch.channels_last)), model.embed(x[:, :, :, :37])
     assert approximate.dtype == torch.float32
-    assert (approximate - exact).abs().max() < 0.005 * exact.abs().max()
+    assert (approximate - exact).abs().max() < within * exact.abs().max()
     assert torch.nn.functional.cosine_similarity(approximate, exact).min() > 0.9999
     assert torch.allclose(alone, approximate, atol=1e-5)  # a track's embedding is not moved by its batch-mates
     assert torch.nn.functional.cosine_similarity(*odd).min() > 0.9999  # odd sizes too
@@ -133,7 +134,44 @@ def test_fused_pooling_and_elu_take_any_shape_and_layout(n, channels, height, wi
     assert _same_bits(out, _pytorch_pool_elu(x, pool))
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@settings(deadline=None)  # each kind of table is compiled on its first example
+@given(st.integers(1, 5), st.sampled_from([1, 16, 64]), st.integers(1, 9), st.integers(1, 9),
+       st.sampled_from([None, (2, 1), (2, 2)]), st.sampled_from([np.uint8, np.float32]), st.booleans())
+def test_pooling_quantized_codes_then_looking_them_up_takes_any_shape_and_layout(n, channels, height, width, pool,
+                                                                               dtype, channels_last):
+    from agf.models.fused import pool_lookup
+
+    if pool and (height < pool[0] or width < pool[1]):
+        return
+    codes = torch.randint(0, 256, (n, channels, height, width), dtype=torch.uint8)
+    codes = codes.contiguous(memory_format=torch.channels_last) if channels_last else codes
+    table = np.random.default_rng(n).permutation(256).astype(dtype)  # any table: pooling comes first
+    out = pool_lookup(codes, pool, table)
+    pooled = torch.nn.functional.max_pool2d(codes.float(), pool).long() if pool else codes.long()
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, torch.from_numpy(table)[pooled])
+
+
+def test_an_8_bit_convolution_is_the_float_convolution_of_its_codes_rounded_to_its_output_codes():
+    from agf.models.cnn import _codes, _Int8Conv
+
+    torch.manual_seed(2)
+    conv, norm = torch.nn.Conv2d(16, 32, 3, padding=1).eval(), torch.nn.BatchNorm2d(32).eval()
+    norm.weight.data.uniform_(0.5, 2.0)
+    norm.bias.data.uniform_(-1.0, 1.0)
+    given = _codes(-1.0, 5.0)
+    layer = _Int8Conv(conv, norm, None, given, (-4.0, 6.0), last=False)
+    codes = torch.randint(0, 256, (4, 16, 9, 7), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    weights = torch.round(torch.nn.utils.fusion.fuse_conv_bn_eval(conv, norm).weight / layer.weight_scales[:, None, None, None])
+    values = torch.nn.functional.conv2d(given[0] * (codes.double() - given[1]),
+                                        (weights * layer.weight_scales[:, None, None, None]).double(),
+                                        layer.bias.double(), padding=1)  # zero padding: the input's code for 0
+    expected = torch.round(values / layer.output[0] + layer.output[1]).clamp(0, 255)
+    difference = (layer.convolve(codes).double() - expected).abs()
+    assert difference.max() <= 1 and (difference == 0).float().mean() > 0.99  # ties and float32 sums aside
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
 def test_forward_passes_side_by_side_on_the_cpus_threads_give_what_one_thread_gives(precision):
     rng = np.random.default_rng(5)
     clips = {t: rng.normal(-40, 10, size=(n, 128)).astype(np.float16) for t, n in zip(range(1, 30), rng.integers(20, 1400, 29))}
@@ -229,7 +267,9 @@ def test_auto_precision_is_the_one_measured_faster_and_is_measured_once_per_infe
     ((key, record),) = json.loads(cache.read_text()).items()
     assert key.endswith(f":inference {INFERENCE_REVISION}")
     speed = record["patches_per_s"]
-    assert chosen == record["precision"] == ("bf16" if speed["bf16"] >= serving.BF16_MARGIN * speed["fp32"] else "fp32")
+    assert set(speed) == {"fp32", "bf16", "int8"}
+    faster = "bf16" if speed["bf16"] >= serving.SPEED_MARGIN * speed["fp32"] else "fp32"
+    assert chosen == record["precision"] == ("int8" if speed["int8"] >= serving.SPEED_MARGIN * speed[faster] else faster)
     written = cache.stat().st_mtime_ns
     monkeypatch.setattr(serving, "_MEASURED", {})  # a new process: reads what was measured, times nothing
     assert pick_precision(cpu) == chosen and cache.stat().st_mtime_ns == written
@@ -238,8 +278,10 @@ def test_auto_precision_is_the_one_measured_faster_and_is_measured_once_per_infe
     monkeypatch.setattr(serving, "INFERENCE_REVISION", INFERENCE_REVISION + 1)
     pick_precision(cpu)
     assert len(json.loads(cache.read_text())) == 2
-    with pytest.raises(AgfError, match="unknown precision 'fp16'; choose auto, fp32, bf16"):
+    with pytest.raises(AgfError, match="unknown precision 'fp16'; choose auto, fp32, bf16, int8"):
         pick_precision(cpu, "fp16")
+    with pytest.raises(AgfError, match="int8 runs on the CPU only: choose fp32 or bf16"):
+        pick_precision(torch.device("cuda"), "int8")
 
 
 def test_an_agf_network_learns_soft_targets_and_its_checkpoint_reloads_identically(trainable):
@@ -254,6 +296,13 @@ def test_an_agf_network_learns_soft_targets_and_its_checkpoint_reloads_identical
     for a, b in zip(before, after):
         assert np.array_equal(a, b)
     assert np.allclose(after[1].sum(axis=1), 1, atol=1e-5)
+    # the ranges 8-bit inference quantizes over were measured on training patches, and kept with the weights
+    assert model.activation_ranges.shape == (7, 2) and torch.equal(reloaded.activation_ranges, model.activation_ranges)
+    low, high = model.activation_ranges.unbind(dim=1)
+    assert (low < high).all() and (high > 0).all()
+    quantized = [clip_outputs(m, r, tracks, torch.device("cpu"), precision="int8") for m, r in
+                 ((model, spectra), (reloaded, reloaded_spectra))]
+    assert all(np.array_equal(a, b) for a, b in zip(*quantized))
     row = store.query("SELECT kind, target FROM models WHERE model_id = ?", [model_id]).to_pylist()
     assert row == [{"kind": "cnn", "target": "agf:mfcc"}]
 
@@ -304,7 +353,7 @@ def test_the_whole_learning_half_runs_and_is_evaluated_side_by_side(trainable, c
     assert all("--split auto --seed 0" in w for w in seen)
     exact = cli("evaluate", "--precision", "fp32", "--out", tmp_path / "r3", "--store", trainable, "--json", "--full")
     exact = json.loads(exact.stdout)
-    assert exact["precision"] == "fp32" and report["precision"] in ("fp32", "bf16")
+    assert exact["precision"] == "fp32" and report["precision"] in ("fp32", "bf16", "int8")
     assert exact["models"]["baseline: logistic regression on fma"] == report["models"]["baseline: logistic regression on fma"]
 
 

@@ -1,4 +1,5 @@
-"""Max-pooling and ELU in one pass over bfloat16 activations on the CPU (compiled with numba).
+"""Max-pooling and ELU in one pass over bfloat16 activations, or 8-bit codes, on the CPU
+(compiled with numba).
 
 In the bfloat16 inference copy (:func:`agf.models.cnn.inference_copy`), each convolution is
 followed by max-pooling (but the last two) and ELU. PyTorch runs those as six element-wise
@@ -9,8 +10,12 @@ to bfloat16 (to nearest, ties to even): about 3x faster, and the result is PyTor
 pooling and ELU rounded to bfloat16, bit for bit, for every input (tested over every
 bfloat16 value, NaN and infinities included).
 
-Activations are channels-last (``torch.channels_last``), as the inference copy keeps them, and
-are read as their 16-bit patterns. One call runs on the calling thread; the kernels release the
+In the 8-bit copy, a convolution's outputs are uint8 codes, which keep the order of the values
+they stand for: :func:`pool_lookup` takes each window's largest code and looks up its ELU in a
+256-entry table (as the next layer's code, or as a float32 value).
+
+Activations are channels-last (``torch.channels_last``), as the inference copy keeps them;
+bfloat16 ones are read as their 16-bit patterns. One call runs on the calling thread; the kernels release the
 GIL, so that forward passes on several threads (:func:`agf.models.serving.forward_threads`) run
 side by side.
 """
@@ -23,6 +28,7 @@ from agf.ingest.compiled import compile_lock, use_own_cache
 use_own_cache()  # before numba is imported: compiled kernels go to agf's own cache folder
 
 import numba  # noqa: E402 - after the cache folder is set
+from numba.extending import overload  # noqa: E402
 
 # Floating-point licences that let LLVM vectorise the loops; without 'nnan' and 'ninf', so that
 # maxima keep their meaning for every input.
@@ -43,7 +49,7 @@ def _widen(bits):
 
 @numba.njit(inline="always", fastmath=_FAST)
 def _max(a, b):
-    """The larger of two float32 values, NaN if either is (as max-pooling propagates it)."""
+    """The larger of two float32 values (NaN if either is, as max-pooling propagates it), or codes."""
     return a if a >= b or a != a else b  # on ties the first, as PyTorch's pooling keeps
 
 
@@ -66,34 +72,59 @@ def _elu_bits(x):
     return np.uint16((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
 
 
+def _value(x):
+    """What a kernel compares: a bfloat16's float32 value from its 16 bits, or an 8-bit code."""
+
+
+@overload(_value, inline="always", jit_options={"fastmath": _FAST})
+def _value_of(x):
+    if x == numba.types.uint16:
+        return lambda x: _widen(x)
+    return lambda x: x
+
+
+def _output(table, largest):
+    """What a kernel writes for a window's largest value: its ELU rounded to a bfloat16's bits
+    (``table`` unused), or ``table`` at a code."""
+
+
+@overload(_output, inline="always", jit_options={"fastmath": _FAST})
+def _output_of(table, largest):
+    if isinstance(largest, numba.types.Float):
+        return lambda table, largest: _elu_bits(largest)
+    return lambda table, largest: table[largest]
+
+
 @numba.njit(nogil=True, fastmath=_FAST, cache=True)
-def _rows_kernel(src, dst, start, stop):
-    """Rows ``start:stop`` of ``dst`` (n, h_out, length) from ``src`` (n, h, length): the ELU of
-    the maximum of each pair of rows when h_out < h (pooling (2, 1)), of each row otherwise."""
+def _rows_kernel(src, dst, table, start, stop):
+    """Rows ``start:stop`` of ``dst`` (n, h_out, length) from ``src`` (n, h, length): the output
+    (:func:`_output`) of the larger of each pair of rows when h_out < h (pooling (2, 1)), of each
+    row otherwise."""
     rows_out, length = dst.shape[1], dst.shape[2]
     pooled = rows_out != src.shape[1]
     for q in range(start, stop):
         n, h = q // rows_out, q % rows_out
         if pooled:
             for j in range(length):
-                dst[n, h, j] = _elu_bits(_max(_widen(src[n, 2 * h, j]), _widen(src[n, 2 * h + 1, j])))
+                dst[n, h, j] = _output(table, _max(_value(src[n, 2 * h, j]), _value(src[n, 2 * h + 1, j])))
         else:
             for j in range(length):
-                dst[n, h, j] = _elu_bits(_widen(src[n, h, j]))
+                dst[n, h, j] = _output(table, _value(src[n, h, j]))
 
 
 @numba.njit(nogil=True, fastmath=_FAST, cache=True)
-def _squares_kernel(src, dst, start, stop):
-    """Rows ``start:stop`` of ``dst`` (n, h // 2, w // 2, c) from ``src`` (n, h, w, c): the ELU of
-    the maximum of each 2 x 2 window (pooling (2, 2); an odd last row or column is dropped)."""
+def _squares_kernel(src, dst, table, start, stop):
+    """Rows ``start:stop`` of ``dst`` (n, h // 2, w // 2, c) from ``src`` (n, h, w, c): the output
+    (:func:`_output`) of the largest of each 2 x 2 window (pooling (2, 2); an odd last row or
+    column is dropped)."""
     rows_out, columns_out, channels = dst.shape[1], dst.shape[2], dst.shape[3]
     for q in range(start, stop):
         n, h = q // rows_out, q % rows_out
         for w in range(columns_out):
             for c in range(channels):
-                top = _max(_widen(src[n, 2 * h, 2 * w, c]), _widen(src[n, 2 * h, 2 * w + 1, c]))
-                bottom = _max(_widen(src[n, 2 * h + 1, 2 * w, c]), _widen(src[n, 2 * h + 1, 2 * w + 1, c]))
-                dst[n, h, w, c] = _elu_bits(_max(top, bottom))
+                top = _max(_value(src[n, 2 * h, 2 * w, c]), _value(src[n, 2 * h, 2 * w + 1, c]))
+                bottom = _max(_value(src[n, 2 * h + 1, 2 * w, c]), _value(src[n, 2 * h + 1, 2 * w + 1, c]))
+                dst[n, h, w, c] = _output(table, _max(top, bottom))
 
 
 def pool_elu(x: torch.Tensor, pool: tuple[int, int] | None) -> torch.Tensor:
@@ -113,37 +144,72 @@ def pool_elu(x: torch.Tensor, pool: tuple[int, int] | None) -> torch.Tensor:
         ``ELU(max_pool2d(x, pool))``: PyTorch's float32 ELU of each window's maximum, rounded
         to bfloat16, bit for bit.
     """
-    if pool not in ((2, 1), (2, 2), None):
-        raise ValueError(f"pooling {pool} is not (2, 1), (2, 2) or None")
     if x.dtype != torch.bfloat16 or x.device.type != "cpu" or x.dim() != 4:
         raise ValueError(f"expected 4-d bfloat16 activations on the CPU, not {x.dim()}-d {x.dtype} on {x.device}")
+    return _pooled(x, pool, torch.bfloat16, _NO_TABLE)
+
+
+_NO_TABLE = np.zeros(1, np.uint16)  # bfloat16's ELU is computed, not looked up
+
+
+def pool_lookup(codes: torch.Tensor, pool: tuple[int, int] | None, table: np.ndarray) -> torch.Tensor:
+    """``table`` at the max-pooling of ``codes``, in one pass: quantized activations on the CPU.
+
+    With ``codes`` an increasing quantization of a convolution's output, and ``table`` each
+    code's ELU (as the next layer's code, or as its value), this is that layer's pooling and
+    ELU: both keep order, so the largest code stands for the largest value.
+
+    Parameters
+    ----------
+    codes : torch.Tensor, shape (n, channels, height, width), uint8, CPU
+        Activations' codes, channels-last (other layouts are copied to it first).
+    pool : (2, 1), (2, 2) or None
+        As in :func:`pool_elu`.
+    table : np.ndarray, shape (256,), uint8 or float32
+        The output for each code.
+
+    Returns
+    -------
+    torch.Tensor, shape (n, channels, height // ph, width // pw), ``table``'s dtype, channels-last
+    """
+    if codes.dtype != torch.uint8 or codes.device.type != "cpu" or codes.dim() != 4 or table.shape != (256,):
+        raise ValueError(f"expected 4-d uint8 codes on the CPU and 256 outputs, not {codes.dim()}-d {codes.dtype} "
+                         f"on {codes.device} and {table.shape}")
+    return _pooled(codes, pool, torch.from_numpy(table).dtype, table)
+
+
+def _pooled(x: torch.Tensor, pool: tuple[int, int] | None, dtype: torch.dtype, table: np.ndarray) -> torch.Tensor:
+    """The kernels' output for ``x`` pooled by ``pool``: a new channels-last tensor of ``dtype``."""
+    if pool not in ((2, 1), (2, 2), None):
+        raise ValueError(f"pooling {pool} is not (2, 1), (2, 2) or None")
     x = x.contiguous(memory_format=torch.channels_last)
     n, channels, height, width = x.shape
     ph, pw = pool or (1, 1)
-    out = torch.empty((n, channels, height // ph, width // pw), dtype=torch.bfloat16, memory_format=torch.channels_last)
-    src, dst = _bits(x), _bits(out)  # (n, h, w, c) views
+    out = torch.empty((n, channels, height // ph, width // pw), dtype=dtype, memory_format=torch.channels_last)
+    src, dst = _as_array(x), _as_array(out)  # (n, h, w, c) views
     if pw == 1:  # rows only: each row's columns and channels are one run of memory
         kernel = _rows_kernel
         src, dst = src.reshape(n, height, width * channels), dst.reshape(n, height // ph, width * channels)
     else:
         kernel = _squares_kernel
-    _compile(kernel, src, dst)
-    kernel(src, dst, 0, n * (height // ph))
+    _compile(kernel, src, dst, table)
+    kernel(src, dst, table, 0, n * (height // ph))
     return out
 
 
-def _bits(x: torch.Tensor) -> np.ndarray:
-    """A channels-last bfloat16 tensor's 16-bit patterns as a (n, h, w, c) array, no copy."""
-    return x.permute(0, 2, 3, 1).view(torch.int16).numpy().view(np.uint16)
+def _as_array(x: torch.Tensor) -> np.ndarray:
+    """A channels-last tensor as a (n, h, w, c) array, no copy: a bfloat16 one as its 16-bit patterns."""
+    x = x.permute(0, 2, 3, 1)
+    return x.view(torch.int16).numpy().view(np.uint16) if x.dtype == torch.bfloat16 else x.numpy()
 
 
-def _compile(kernel, src: np.ndarray, dst: np.ndarray) -> None:
+def _compile(kernel, src: np.ndarray, dst: np.ndarray, table: np.ndarray) -> None:
     """Compile ``kernel`` for these arrays' types, or load it from the cache, if this process has
     not: under agf's compile lock, so that two processes never write the cache at once."""
-    key = (kernel, _array_kind(src), _array_kind(dst))  # what numba's type of them depends on, cheaply
+    key = (kernel, *map(_array_kind, (src, dst, table)))  # what numba's type of them depends on, cheaply
     if key not in _COMPILED:
         with compile_lock():
-            kernel(src, dst, 0, 0)
+            kernel(src, dst, table, 0, 0)  # no rows: typed and compiled, nothing computed
         _COMPILED.add(key)
 
 

@@ -22,7 +22,8 @@ import torch
 from agf.engine import LOCAL, Engine, keep_freed_memory, ray_actor_map
 from agf.errors import AgfError
 from agf.models.calibration import calibrate
-from agf.models.cnn import EMBEDDING_DIM, INFERENCE_REVISION, PATCH_FRAMES, ClipCNN, TransferMLP, inference_copy
+from agf.models.cnn import (EMBEDDING_DIM, INFERENCE_REVISION, PATCH_FRAMES, ClipCNN, TransferMLP, inference_copy,
+                            int8_available)
 from agf.models.data import PatchReader, patch_windows
 from agf.models.factors import CNN_TARGETS
 from agf.progress import say
@@ -40,29 +41,41 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-PRECISIONS = ("auto", "fp32", "bf16")
+#: The CNN arithmetics, from the most exact (see :func:`inference_copy`).
+ARITHMETICS = ("fp32", "bf16", "int8")
+PRECISIONS = ("auto", *ARITHMETICS)
 
 
 def pick_precision(device: torch.device, requested: str = "auto") -> str:
-    """The arithmetic of CNN inference on ``device``: 'fp32' or 'bf16' (see :func:`inference_copy`).
+    """The arithmetic of CNN inference on ``device``: 'fp32', 'bf16' or 'int8' (see
+    :func:`inference_copy`).
 
-    'auto' is whichever :func:`measured_precision` found faster on this machine.
+    'auto' is the one :func:`measured_precision` chose on this machine.
     """
     if requested not in PRECISIONS:
         raise AgfError(f"unknown precision {requested!r}; choose {', '.join(PRECISIONS)}")
+    if requested == "int8" and requested not in arithmetics(device):
+        where = "the CPU only" if device.type != "cpu" else "oneDNN's 8-bit convolutions, which this PyTorch lacks"
+        raise AgfError(f"--precision int8 runs on {where}: choose fp32 or bf16")
     return measured_precision(device) if requested == "auto" else requested
 
 
-#: bfloat16 is chosen only when it is at least this much faster: its embeddings move by ~0.2 %.
-BF16_MARGIN = 1.05
+def arithmetics(device: torch.device) -> tuple[str, ...]:
+    """The arithmetics that run on ``device``: 8-bit integers on a CPU whose PyTorch has them."""
+    return ARITHMETICS if device.type == "cpu" and int8_available() else ARITHMETICS[:2]
+
+
+#: A less exact arithmetic is chosen only when it is at least this much faster than the more
+#: exact one chosen so far: bfloat16's embeddings move by ~0.2 %, 8-bit integers' by ~0.7 %.
+SPEED_MARGIN = 1.05
 _MEASURED: dict[str, str] = {}
 
 
 def measured_precision(device: torch.device) -> str:
-    """'bf16' if bfloat16 inference ran at least 5 % faster than float32 on ``device`` when timed,
-    else 'fp32'.
+    """The arithmetic chosen by timing each on ``device``: from float32, down the list of
+    :data:`ARITHMETICS` to each that ran at least 5 % faster than the one chosen before it.
 
-    Timed once per machine (the CNN on a few batches of patches, about a second), then
+    Timed once per machine (the CNN on a few batches of patches, about two seconds), then
     remembered in ``$XDG_CACHE_HOME/agf/precision.json`` under the device's name, torch's
     version and :data:`~agf.models.cnn.INFERENCE_REVISION`: a CPU flag says what the hardware
     has, not what runs faster
@@ -75,9 +88,12 @@ def measured_precision(device: torch.device) -> str:
         return _MEASURED[key]
     path = precision_cache()
     known = _read_json(path)
-    if not isinstance(known.get(key), dict) or known[key].get("precision") not in ("fp32", "bf16"):
-        speeds = _patches_per_second(device)
-        chosen = "bf16" if speeds["bf16"] >= BF16_MARGIN * speeds["fp32"] else "fp32"
+    if not isinstance(known.get(key), dict) or known[key].get("precision") not in arithmetics(device):
+        speeds = _patches_per_second(device, arithmetics(device))
+        chosen = ARITHMETICS[0]
+        for arithmetic in speeds:
+            if speeds[arithmetic] >= SPEED_MARGIN * speeds[chosen]:
+                chosen = arithmetic
         known[key] = {"precision": chosen, "patches_per_s": {p: round(v) for p, v in speeds.items()},
                       "measured_at": now_utc().isoformat()}
         _write_json(path, known)
@@ -101,13 +117,13 @@ def _device_name(device: torch.device) -> str:
         return platform.processor() or platform.machine()
 
 
-def _patches_per_second(device: torch.device, rounds: int = 5) -> dict[str, float]:
-    """Patches per second of an untrained CNN's embedding in each precision, run as inference
-    runs there (batches side by side on a CPU's threads, :func:`forward_threads`): the best of
-    ``rounds``, the two timed in turn so that a busy spell of the machine hits both alike."""
+def _patches_per_second(device: torch.device, precisions: tuple[str, ...], rounds: int = 5) -> dict[str, float]:
+    """Patches per second of an untrained CNN's embedding in each of ``precisions``, run as
+    inference runs there (batches side by side on a CPU's threads, :func:`forward_threads`): the
+    best of ``rounds``, each precision timed in turn so that a busy spell of the machine hits all alike."""
     batch, side_by_side = forward_patches(device), forward_width(device)
     generator = torch.Generator().manual_seed(0)
-    models = {p: inference_copy(ClipCNN(8).to(device), p) for p in ("fp32", "bf16")}
+    models = {p: inference_copy(ClipCNN(8).to(device), p) for p in precisions}
     frames = torch.randn(batch * PATCH_FRAMES, 128, generator=generator).to(device)
     windows = torch.arange(len(frames), device=device).reshape(batch, PATCH_FRAMES)
     mean, std = torch.zeros(128, device=device), torch.ones(128, device=device)
@@ -152,8 +168,29 @@ def load_cnn(store: Store, model_id: str, device: torch.device | None = None) ->
     checkpoint = load_checkpoint(store, model_id)
     config = checkpoint["config"]
     model = load_weights(ClipCNN(len(config["classes"]), config["n_mels"]), checkpoint, model_id)
+    model.activation_ranges = _activation_ranges(checkpoint, model, model_id)
     spectra = PatchReader.of_store(store, checkpoint["mean"].numpy(), checkpoint["std"].numpy())
     return model.to(device or pick_device()), spectra, config
+
+
+def _activation_ranges(checkpoint: dict, model: ClipCNN, model_id: str) -> torch.Tensor | None:
+    """The checkpoint's activation ranges (blocks, 2), checked; None from a checkpoint saved
+    before agf measured them (8-bit inference then reads the batch norms' statistics)."""
+    ranges = checkpoint.get("activation_ranges")
+    if ranges is None:
+        return None
+    shape = (len(model.features), 2)
+    # bounded: a range of 1e38 would make each code's step infinite, and its values NaN
+    if (not isinstance(ranges, torch.Tensor) or tuple(ranges.shape) != shape or not ranges.is_floating_point()
+            or not (ranges.abs() <= MAX_ACTIVATION).all() or (ranges[:, 0] > ranges[:, 1]).any()):
+        raise AgfError(f"model {model_id}'s activation ranges are not {shape[0]} (low, high) pairs within "
+                       f"±{MAX_ACTIVATION:g}")
+    return ranges.float()
+
+
+#: The largest activation range a checkpoint may give: far beyond any trained network's (a
+#: batch-normed convolution's outputs are within tens).
+MAX_ACTIVATION = 1e6
 
 
 def cnn_models(store: Store, spec: str = "all") -> list[str]:

@@ -17,7 +17,7 @@ import torch
 from agf.engine import keep_freed_memory
 from agf.errors import AgfError
 from agf.models.calibration import calibrate, fit_temperature
-from agf.models.cnn import ClipCNN, soft_cross_entropy
+from agf.models.cnn import ClipCNN, measure_ranges, soft_cross_entropy
 from agf.models.data import PatchReader, assign_splits
 from agf.models.factors import CNN_TARGETS
 from agf.models.factors import SOURCES as AGF_SOURCES
@@ -170,10 +170,11 @@ class ClipCNNTrainer:
         torch.manual_seed(params.seed)
         rng = np.random.default_rng(params.seed)
         clips.fit_standardisation(list(train_ids), seed=params.seed)
+        sample = self._range_patches(clips, train_ids, device)
         model = ClipCNN(y_train.shape[1], clips.n_mels).to(device)
         optimiser = torch.optim.Adam(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
         schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.5, patience=1)
-        best, best_state, stale, history, samples, train_seconds = float("inf"), None, 0, [], 0, 0.0
+        best, best_state, best_ranges, stale, history, samples, train_seconds = float("inf"), None, None, 0, [], 0, 0.0
         steps = -(-len(train_ids) * params.crops_per_track // params.batch_size)  # batches per epoch
         # counted in batches, so the bar moves, and its ETA means something, within the first epoch
         with progress_bar(params.epochs * steps, f"train {self.name}", "batches", quiet) as bar:
@@ -182,18 +183,22 @@ class ClipCNNTrainer:
                 loss = _epoch(model, optimiser, clips, train_ids, y_train, params, rng, device, bar)
                 train_seconds += time.perf_counter() - epoch_started
                 samples += len(train_ids) * params.crops_per_track
+                # validated as it will be served: 8-bit inference codes over ranges measured now
+                model.activation_ranges = measure_ranges(model.eval(), sample)
                 val_loss = _clip_loss(model, clips, val_ids, y_val, device)
                 schedule.step(val_loss)
                 history.append({"epoch": epoch + 1, "loss": round(loss, 4), "val_loss": round(val_loss, 4)})
                 bar.advance(0, info=f"epoch {epoch + 1}: loss {loss:.3f} val {val_loss:.3f}")
                 if val_loss < best - 1e-4:
                     best, best_state, stale = val_loss, copy.deepcopy(model.state_dict()), 0
+                    best_ranges = model.activation_ranges
                 else:
                     stale += 1
                     if stale >= params.patience:
                         break
         model.load_state_dict(best_state)
-        self.model_, self.temperature_ = model, None
+        model.activation_ranges = best_ranges
+        self.model_, self.temperature_ = model.eval(), None
         self.metrics_ = {"val_loss": round(best, 4), "epochs": len(history), "history": history, "device": str(device),
                          "train_tracks": len(train_ids), "val_tracks": len(val_ids),
                          "train_samples_per_s": round(samples / max(train_seconds, 1e-9), 1)}
@@ -201,6 +206,15 @@ class ClipCNNTrainer:
             self.temperature_ = fit_temperature(self.predict_proba(clips, val_ids, calibrated=False), np.argmax(y_val, axis=1))
             self.metrics_["temperature"] = round(self.temperature_, 4)
         return self
+
+    def _range_patches(self, clips: PatchReader, train_ids: list[int], device: torch.device,
+                       patches: int = 128) -> torch.Tensor:
+        """The patches each epoch's activation ranges are measured on (:func:`measure_ranges`):
+        ``patches`` random patches, (patches, 1, n_mels, 43), of the training clips in turn (each
+        once before any twice), drawn apart from training's own random numbers."""
+        rng = np.random.default_rng([self.params.seed, 1])
+        chosen = np.resize(rng.permutation(len(train_ids)), patches)
+        return torch.from_numpy(np.stack([clips.crop(train_ids[i], rng) for i in chosen])[:, None]).to(device)
 
     def predict_proba(self, clips: PatchReader, ids: list[int], calibrated: bool = True) -> np.ndarray:
         """Clip-level probabilities (n, classes): the mean over every patch (temperature applied)."""
@@ -240,7 +254,8 @@ def _clip_loss(model, clips, ids, y, device) -> float:
 def save_cnn(store: Store, model: ClipCNN, spectra: PatchReader, config: dict, metrics: dict) -> str:
     buffer = io.BytesIO()
     torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "config": config,
-                "mean": torch.from_numpy(spectra.mean), "std": torch.from_numpy(spectra.std)}, buffer)
+                "mean": torch.from_numpy(spectra.mean), "std": torch.from_numpy(spectra.std),
+                "activation_ranges": model.activation_ranges}, buffer)
     params = {**config["params"], "target": config["target"], "classes": config["classes"]}
     return save_model(store, "cnn", config["target"], buffer.getvalue(), params, metrics, "model.pt")
 
