@@ -153,14 +153,14 @@ def test_pooling_quantized_codes_then_looking_them_up_takes_any_shape_and_layout
 
 
 def test_an_8_bit_convolution_is_the_float_convolution_of_its_codes_rounded_to_its_output_codes():
-    from agf.models.cnn import _codes, _Int8Conv
+    from agf.models.cnn import Int8Conv, uint8_codes
 
     torch.manual_seed(2)
     conv, norm = torch.nn.Conv2d(16, 32, 3, padding=1).eval(), torch.nn.BatchNorm2d(32).eval()
     norm.weight.data.uniform_(0.5, 2.0)
     norm.bias.data.uniform_(-1.0, 1.0)
-    given = _codes(-1.0, 5.0)
-    layer = _Int8Conv(conv, norm, None, given, (-4.0, 6.0), last=False)
+    given = uint8_codes(-1.0, 5.0)
+    layer = Int8Conv(conv, norm, None, given, (-4.0, 6.0), last=False)
     codes = torch.randint(0, 256, (4, 16, 9, 7), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
     weights = torch.round(torch.nn.utils.fusion.fuse_conv_bn_eval(conv, norm).weight / layer.weight_scales[:, None, None, None])
     values = torch.nn.functional.conv2d(given[0] * (codes.double() - given[1]),

@@ -163,14 +163,14 @@ def _batch_norm_ranges(features: nn.Sequential) -> torch.Tensor:
                           float((b[1].bias + INT8_SIGMAS * b[1].weight.abs()).max())] for b in features])
 
 
-def _codes(low: float, high: float) -> tuple[float, int]:
+def uint8_codes(low: float, high: float) -> tuple[float, int]:
     """The scale and zero point of uint8 codes spanning [low, high] (widened to hold 0 exactly)."""
     low, high = min(low, 0.0), max(high, 0.0)
     scale = max(high - low, 1e-6) / 255
     return scale, int(min(255, max(0, round(-low / scale))))
 
 
-class _Int8Conv(nn.Module):
+class Int8Conv(nn.Module):
     """A convolution (batch norm folded in) on 8-bit integers, then its max-pooling and ELU.
 
     oneDNN computes it from uint8 input codes and int8 weights (one scale per output channel),
@@ -178,6 +178,19 @@ class _Int8Conv(nn.Module):
     (:func:`measure_ranges`); pooling and ELU are then one table lookup per pooled code
     (:func:`agf.models.fused.pool_lookup`), which gives the next layer's codes, or, after the
     last convolution, float32 values.
+
+    Parameters
+    ----------
+    conv, batch_norm : nn.Conv2d, nn.BatchNorm2d
+        A block's convolution and batch norm, in evaluation mode.
+    pool : (2, 1), (2, 2) or None
+        The block's max-pooling.
+    given : (float, int)
+        Scale and zero point of the input codes (:func:`uint8_codes`).
+    output : (float, float)
+        The range of the convolution's outputs, before ELU.
+    last : bool
+        Whether the block is the last: its table gives float32 values, not codes.
     """
 
     def __init__(self, conv: nn.Conv2d, batch_norm: nn.BatchNorm2d, pool: tuple[int, int] | None,
@@ -192,7 +205,7 @@ class _Int8Conv(nn.Module):
         self.packed = torch.ops.onednn.qconv_prepack(codes, self.weight_scales, given[0], given[1], [1, 1], self.padding,
                                                      [1, 1], 1, None)
         # below -8, ELU is within 0.0004 of -1: codes are spent on the rest of the range
-        self.output = _codes(max(output[0], -8.0), output[1])
+        self.output = uint8_codes(max(output[0], -8.0), output[1])
         values = nn.functional.elu(self.output[0] * (torch.arange(256, dtype=torch.float64) - self.output[1]))
         # the next layer's codes on the same grid, shifted to hold ELU's least value: ELU keeps a
         # positive value as it is, so those codes move by a whole number and are not rounded again
@@ -217,8 +230,8 @@ def int8_available() -> bool:
     """Whether this PyTorch has oneDNN's 8-bit convolutions, which ``precision='int8'`` runs on
     (x86 builds have them)."""
     try:
-        layer = _Int8Conv(nn.Conv2d(1, 1, 1).eval(), nn.BatchNorm2d(1).eval(), None, _codes(-1.0, 1.0), (-1.0, 1.0),
-                          last=True)
+        layer = Int8Conv(nn.Conv2d(1, 1, 1).eval(), nn.BatchNorm2d(1).eval(), None, uint8_codes(-1.0, 1.0),
+                         (-1.0, 1.0), last=True)
         layer.convolve(torch.zeros((1, 1, 1, 1), dtype=torch.uint8))
     except (AttributeError, NotImplementedError, RuntimeError):
         return False
@@ -226,18 +239,18 @@ def int8_available() -> bool:
 
 
 class _Int8Features(nn.Module):
-    """The convolutional blocks on 8-bit integers (:class:`_Int8Conv`): float32 patches in,
+    """The convolutional blocks on 8-bit integers (:class:`Int8Conv`): float32 patches in,
     float32 activations of the last block out. ``ranges`` (blocks, 2) are each convolution's
     output range (:func:`measure_ranges`); without them, the batch norms' statistics."""
 
     def __init__(self, features: nn.Sequential, ranges: torch.Tensor | None):
         super().__init__()
         ranges = (_batch_norm_ranges(features) if ranges is None else ranges).tolist()
-        self.given = _codes(-INT8_INPUT_SIGMAS, INT8_INPUT_SIGMAS)
+        self.given = uint8_codes(-INT8_INPUT_SIGMAS, INT8_INPUT_SIGMAS)
         given, self.layers = self.given, nn.ModuleList()
         for i, (block, output) in enumerate(zip(features, ranges)):
             pool = next((tuple(m.kernel_size) for m in block if isinstance(m, nn.MaxPool2d)), None)
-            self.layers.append(_Int8Conv(block[0], block[1], pool, given, output, last=i == len(features) - 1))
+            self.layers.append(Int8Conv(block[0], block[1], pool, given, output, last=i == len(features) - 1))
             given = self.layers[-1].gives
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -262,7 +275,7 @@ def inference_copy(model: ClipCNN, precision: str = "fp32") -> ClipCNN:
     to the embedding in float32: ~1.9x faster again on a CPU with AVX512-BF16, with embeddings
     that move by ~0.2-0.5 % of their scale (cosine similarity > 0.999).
 
-    ``precision='int8'`` runs every convolution on 8-bit integers (:class:`_Int8Conv`, oneDNN on
+    ``precision='int8'`` runs every convolution on 8-bit integers (:class:`Int8Conv`, oneDNN on
     the CPU): faster again where the CPU has 8-bit dot products (AVX512-VNNI, AVX-VNNI), with
     embeddings that move by ~0.5-2 % (cosine similarity > 0.999 on real clips).
     """
