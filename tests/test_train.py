@@ -282,6 +282,14 @@ def test_auto_precision_is_the_one_measured_faster_and_is_measured_once_per_infe
         pick_precision(cpu, "fp16")
     with pytest.raises(AgfError, match="int8 runs on the CPU only: choose fp32 or bf16"):
         pick_precision(torch.device("cuda"), "int8")
+    # a PyTorch without oneDNN's 8-bit convolutions (an ARM build, say): not measured, not taken
+    monkeypatch.setattr(serving, "int8_available", lambda: False)
+    monkeypatch.setattr(serving, "_MEASURED", {})
+    monkeypatch.setattr(serving, "INFERENCE_REVISION", INFERENCE_REVISION + 2)
+    assert pick_precision(cpu) in ("fp32", "bf16")
+    assert set(json.loads(cache.read_text())[serving.measured_key(cpu)]["patches_per_s"]) == {"fp32", "bf16"}
+    with pytest.raises(AgfError, match="int8 runs on oneDNN's 8-bit convolutions, which this PyTorch lacks"):
+        pick_precision(cpu, "int8")
 
 
 def test_an_agf_network_learns_soft_targets_and_its_checkpoint_reloads_identically(trainable):

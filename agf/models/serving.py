@@ -81,9 +81,7 @@ def measured_precision(device: torch.device) -> str:
     has, not what runs faster
     (a CPU with AVX512-BF16 was measured slower in bfloat16 on one machine of this kind).
     """
-    # not the thread count: a Ray actor (one thread) and its driver must choose alike, or their
-    # embeddings of one clip would differ
-    key = f"{device.type}:{_device_name(device)}:torch {torch.__version__}:inference {INFERENCE_REVISION}"
+    key = measured_key(device)
     if key in _MEASURED:
         return _MEASURED[key]
     path = precision_cache()
@@ -99,6 +97,14 @@ def measured_precision(device: torch.device) -> str:
         _write_json(path, known)
     _MEASURED[key] = known[key]["precision"]
     return _MEASURED[key]
+
+
+def measured_key(device: torch.device) -> str:
+    """What a measurement of :func:`measured_precision` is kept under: the device's name, torch's
+    version and :data:`~agf.models.cnn.INFERENCE_REVISION`."""
+    # not the thread count: a Ray actor (one thread) and its driver must choose alike, or their
+    # embeddings of one clip would differ
+    return f"{device.type}:{_device_name(device)}:torch {torch.__version__}:inference {INFERENCE_REVISION}"
 
 
 def precision_cache() -> Path:
