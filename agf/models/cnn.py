@@ -227,15 +227,24 @@ class Int8Conv(nn.Module):
 
 @functools.cache
 def int8_available() -> bool:
-    """Whether this PyTorch has oneDNN's 8-bit convolutions, which ``precision='int8'`` runs on
-    (x86 builds have them)."""
+    """Whether this machine's PyTorch has oneDNN's 8-bit convolutions, which
+    ``precision='int8'`` runs on, and they sum exactly.
+
+    Tried on the largest codes rather than read off a CPU flag: without 8-bit dot products
+    (VNNI), oneDNN may add pairs of products into 16 bits, which saturate at the full ranges
+    :class:`Int8Conv` uses (255 x 127 x 2 > 32,767).
+    """
+    channels = 64
     try:
-        layer = Int8Conv(nn.Conv2d(1, 1, 1).eval(), nn.BatchNorm2d(1).eval(), None, uint8_codes(-1.0, 1.0),
-                         (-1.0, 1.0), last=True)
-        layer.convolve(torch.zeros((1, 1, 1, 1), dtype=torch.uint8))
+        packed = torch.ops.onednn.qconv_prepack(torch.full((1, channels, 1, 1), 127, dtype=torch.int8), torch.ones(1),
+                                                1.0, 0, [1, 1], [0, 0], [1, 1], 1, None)
+        total = torch.ops.onednn.qconv2d_pointwise(
+            torch.full((1, channels, 1, 1), 255, dtype=torch.uint8).contiguous(memory_format=torch.channels_last),
+            1.0, 0, packed, torch.ones(1), torch.zeros(1, dtype=torch.long), None, [1, 1], [0, 0], [1, 1], 1, 1.0, 0,
+            torch.float32, "none", [], "")
     except (AttributeError, NotImplementedError, RuntimeError):
         return False
-    return True
+    return float(total.flatten()[0]) == 255 * 127 * channels  # 2,072,640: exact in float32
 
 
 class _Int8Features(nn.Module):

@@ -55,7 +55,8 @@ def pick_precision(device: torch.device, requested: str = "auto") -> str:
     if requested not in PRECISIONS:
         raise AgfError(f"unknown precision {requested!r}; choose {', '.join(PRECISIONS)}")
     if requested == "int8" and requested not in arithmetics(device):
-        where = "the CPU only" if device.type != "cpu" else "oneDNN's 8-bit convolutions, which this PyTorch lacks"
+        where = ("the CPU only" if device.type != "cpu"
+                 else "oneDNN's 8-bit convolutions summing exactly, which this machine's PyTorch lacks")
         raise AgfError(f"--precision int8 runs on {where}: choose fp32 or bf16")
     return measured_precision(device) if requested == "auto" else requested
 
