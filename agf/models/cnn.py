@@ -141,16 +141,16 @@ def measure_ranges(model: ClipCNN, patches: torch.Tensor, chunk: int = 64) -> to
     for start in range(0, len(patches), chunk):
         x = patches[start : start + chunk]
         for block, (count, total, squares) in zip(model.features, sums):
-            y = block[1](block[0](x)).double()
+            y = block[1](block[0](x))
+            wide = y.double()  # sums over a whole sample, in float64
             count += y.shape[0] * y.shape[2] * y.shape[3]
-            total += y.sum(dim=(0, 2, 3)).cpu()
-            squares += (y * y).sum(dim=(0, 2, 3)).cpu()
-            x = block[2:](y.float())
+            total += wide.sum(dim=(0, 2, 3)).cpu()
+            squares += (wide * wide).sum(dim=(0, 2, 3)).cpu()
+            x = block[2:](y)
     ranges = []
     for count, total, squares in sums:
         mean = total / count
-        spread = INT8_SIGMAS * (squares / count - mean * mean).clamp(min=0).sqrt()
-        ranges.append([float((mean - spread).min()), float((mean + spread).max())])
+        ranges.append(_span(mean, (squares / count - mean * mean).clamp(min=0).sqrt()))
     return torch.tensor(ranges, dtype=torch.float32)
 
 
@@ -159,8 +159,12 @@ def _batch_norm_ranges(features: nn.Sequential) -> torch.Tensor:
     """:func:`measure_ranges` as the batch norms' own statistics tell it: each channel's output
     has their mean (bias) and standard deviation (weight) on the data they saw in training; far
     off for a briefly trained network, whose running statistics lag."""
-    return torch.tensor([[float((b[1].bias - INT8_SIGMAS * b[1].weight.abs()).min()),
-                          float((b[1].bias + INT8_SIGMAS * b[1].weight.abs()).max())] for b in features])
+    return torch.tensor([_span(block[1].bias, block[1].weight.abs()) for block in features])
+
+
+def _span(mean: torch.Tensor, std: torch.Tensor) -> list[float]:
+    """[lowest, highest] over the channels of their ``mean`` plus or minus :data:`INT8_SIGMAS` ``std``."""
+    return [float((mean - INT8_SIGMAS * std).min()), float((mean + INT8_SIGMAS * std).max())]
 
 
 def uint8_codes(low: float, high: float) -> tuple[float, int]:
