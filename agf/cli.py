@@ -256,9 +256,11 @@ def ingest(
     from agf.ingest.features import parse_features
     from agf.progress import say
 
-    chosen, where = parse_features(features), _engine(engine, address)
+    chosen, where, notes = parse_features(features), _engine(engine, address), []
     candidates, genre_tree = collect(audio_dir, manifest=manifest, fma_metadata=fma_metadata,
-                                     mapping=_mapping(map_ or []), subset=subset)
+                                     mapping=_mapping(map_ or []), subset=subset, notes=notes)
+    for note in notes:
+        say(note, quiet)
     if fma_rate not in ("store", "native"):
         raise AgfError(f"--fma-rate is 'store' or 'native', not {fma_rate!r}")
     with _open(store, write=True, create=True, wait=wait, sample_rate=sample_rate, clip_seconds=clip_seconds,
@@ -268,7 +270,7 @@ def ingest(
     warned = f" ({summary.warned} with decoder warnings: see ingest_errors)" if summary.warned else ""
     say(f"ingested {summary.ingested}{warned}, skipped {summary.skipped}, failed {summary.failed} "
         f"in {summary.seconds:.1f} s ({summary.files_per_second:.1f} files/s)", quiet)
-    return summary.as_dict()
+    return {**summary.as_dict(), "notes": notes}
 
 
 @app.command(rich_help_panel="Look after")
@@ -588,6 +590,7 @@ def tag(
     """
     from agf.app.filetags import GenrePolicy, parse_since, read_genres_map, undo as undo_tags
     from agf.app.tag import files_to_tag, tag_files
+    from agf.progress import say
 
     if undo:
         with _open(store, write=True, wait=wait) as opened:
@@ -595,7 +598,10 @@ def tag(
     if dry_run and not write_tags:
         raise AgfError("--dry-run goes with --write-tags or --undo")
     policy = GenrePolicy(min_probability, top, read_genres_map(genres_map) if genres_map else None) if write_tags else None
-    candidates, where = files_to_tag(paths, manifest), _engine(engine, address)
+    notes = []
+    candidates, where = files_to_tag(paths, manifest, notes=notes), _engine(engine, address)
+    for note in notes:
+        say(note, quiet)
     opened = _open(store, write=True, wait=wait)
 
     def rows():  # one row per file as its chunk is committed: output and memory stay bounded

@@ -1,6 +1,6 @@
-"""Libraries in formats libsndfile cannot read, M4A (AAC or ALAC in MP4), WMA, WavPack and
-Matroska audio, decoded by ffmpeg's command line; without ffmpeg, each is an error row that
-says so."""
+"""Libraries in formats libsndfile cannot read, M4A (AAC or ALAC in MP4), WMA, WavPack, Matroska
+audio, raw AAC (ADTS) and Musepack, decoded by ffmpeg's command line; without ffmpeg, each is an
+error row that says so."""
 
 import shutil
 import subprocess
@@ -8,25 +8,45 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agf.ingest import collect, ingest
-from agf.ingest.audio import AudioError, decode_clip
+from agf.ingest.audio import AudioError, decode_clip, ffmpeg_demuxer
 from agf.ingest.metadata import read_folder
 from agf.store import Store
 
-FFMPEG = shutil.which("ffmpeg")
+FFMPEG, MPCENC = shutil.which("ffmpeg"), shutil.which("mpcenc")
 needs_ffmpeg = pytest.mark.skipif(not FFMPEG or not shutil.which("ffprobe"),
                                   reason="these files are decoded and encoded by ffmpeg (apt-get install ffmpeg)")
 RATE = 44100
-#: File names by codec: the lossless ones give back their samples, the lossy ones the same every time.
-LOSSLESS = {"alac": "song.m4a", "wavpack": "song.wv", "flac": "song.mka"}
-LOSSY = {"aac": "song.m4a", "wmav2": "song.wma", "libopus": "song.webm"}
+#: Codecs by file name: the lossless ones give back their samples, the lossy ones the same every time.
+LOSSLESS = {"song.m4a": "alac", "song.wv": "wavpack", "song.mka": "flac"}
+LOSSY = {"song.m4a": "aac", "song.wma": "wmav2", "song.webm": "libopus", "song.aac": "aac", "song.mpc": "musepack"}
+#: The encoder of Musepack files, which ffmpeg decodes but cannot write.
+needs_mpcenc = pytest.mark.skipif(not MPCENC, reason="Musepack files are encoded by mpcenc (apt-get install musepack-tools)")
 
 
-def _encode(samples: np.ndarray, path, codec: str, *extra: str) -> None:
-    """(n, 2) int16 samples -> a file of ``codec`` in the container ``path``'s name says."""
+def _names(codecs: dict[str, str]) -> list:
+    """The file names of ``codecs``, for parametrize: Musepack's skipped without its encoder."""
+    return [pytest.param(name, marks=needs_mpcenc) if codec == "musepack" else name for name, codec in codecs.items()]
+
+
+def _encode(samples: np.ndarray, path, codec: str, *extra: str, tags: dict[str, str] | None = None) -> None:
+    """(n, 2) int16 samples -> a file of ``codec`` in the container ``path``'s name says, with ``tags``."""
+    tags = tags or {}
+    if codec == "musepack":
+        wav = Path(path).with_suffix(".wav")
+        _encode(samples, wav, "pcm_s16le")
+        subprocess.run([MPCENC, "--silent", *[a for k, v in tags.items() for a in (f"--{k}", v)], str(wav), str(path)],
+                       check=True)
+        wav.unlink()
+        return
+    # an ADTS stream keeps its tags in an ID3v2 tag before it, as taggers write them
+    id3 = ["-write_id3v2", "1"] if str(path).endswith(".aac") else []
     subprocess.run([FFMPEG, "-v", "error", "-f", "s16le", "-ar", str(RATE), "-ac", "2", "-i", "pipe:0", "-c:a", codec,
-                    *extra, str(path)], input=samples.astype("<i2").tobytes(), check=True)
+                    *[a for k, v in tags.items() for a in ("-metadata", f"{k}={v}")], *id3, *extra, str(path)],
+                   input=samples.astype("<i2").tobytes(), check=True)
 
 
 def _stereo(seconds: float, seed: int = 0) -> np.ndarray:
@@ -39,28 +59,45 @@ def _mono(samples: np.ndarray) -> np.ndarray:
 
 
 @needs_ffmpeg
-@pytest.mark.parametrize("codec", LOSSLESS)
-def test_a_lossless_file_s_middle_is_its_own_samples_to_the_last_bit(tmp_path, codec):
+@pytest.mark.parametrize("name", LOSSLESS)
+def test_a_lossless_file_s_middle_is_its_own_samples_to_the_last_bit(tmp_path, name):
     samples = _stereo(12.0)
-    _encode(samples, tmp_path / LOSSLESS[codec], codec)
-    clip, rate, seconds = decode_clip(tmp_path / LOSSLESS[codec], 10.0)
+    _encode(samples, tmp_path / name, LOSSLESS[name])
+    clip, rate, seconds = decode_clip(tmp_path / name, 10.0)
     middle = (len(samples) - 10 * RATE) // 2
     # Matroska's clock ticks in milliseconds: ffmpeg's seek there lands within one of the middle
-    slack = RATE // 1000 if LOSSLESS[codec].endswith(".mka") else 0
+    slack = RATE // 1000 if name.endswith(".mka") else 0
     starts = [s for s in range(middle - slack, middle + slack + 1) if np.array_equal(clip[:64], _mono(samples[s : s + 64]))]
     assert (rate, seconds, len(starts)) == (RATE, 12.0, 1)
     np.testing.assert_array_equal(clip, _mono(samples[starts[0] : starts[0] + 10 * RATE]))
 
 
 @needs_ffmpeg
-@pytest.mark.parametrize("codec", LOSSY)
-def test_a_lossy_file_gives_its_middle_the_same_every_time(tmp_path, codec):
-    _encode(_stereo(12.0), tmp_path / LOSSY[codec], codec)
+@pytest.mark.parametrize("name", _names(LOSSY))
+def test_a_lossy_file_gives_its_middle_the_same_every_time(tmp_path, name):
+    _encode(_stereo(12.0), tmp_path / name, LOSSY[name])
     notes = []
-    clip, rate, seconds = decode_clip(tmp_path / LOSSY[codec], 10.0, notes=notes)
-    native = 48000 if codec == "libopus" else RATE  # Opus always decodes at 48 kHz
+    clip, rate, seconds = decode_clip(tmp_path / name, 10.0, notes=notes)
+    native = 48000 if name.endswith(".webm") else RATE  # Opus always decodes at 48 kHz
     assert (len(clip), rate, seconds, notes) == (10 * native, native, pytest.approx(12.0, abs=0.1), [])
-    np.testing.assert_array_equal(clip, decode_clip(tmp_path / LOSSY[codec], 10.0)[0])
+    np.testing.assert_array_equal(clip, decode_clip(tmp_path / name, 10.0)[0])
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("name", _names({"song.aac": "aac", "song.mpc": "musepack"}))
+def test_a_stream_that_does_not_say_its_length_gives_its_exact_middle(tmp_path, name):
+    """Raw AAC states no length and Musepack's ffprobe guesses it from the bit rate (5 % out on
+    a 30 s clip); ffmpeg's seeks in them miss by up to thousands of samples. Such a file is
+    counted through, and its middle is the middle of everything it decodes to, to the sample."""
+    _encode(_stereo(14.0, seed=3), tmp_path / name, LOSSY[name])
+    demuxer = {"song.aac": "aac", "song.mpc": "mpc8"}[name]
+    whole = subprocess.run([FFMPEG, "-v", "error", "-f", demuxer, "-i", f"file:{tmp_path / name}", "-f", "f32le",
+                            "-c:a", "pcm_f32le", "pipe:1"], capture_output=True, check=True).stdout
+    frames = np.frombuffer(whole, "<f4").reshape(-1, 2) @ np.full(2, 0.5, np.float32)
+    clip, rate, seconds = decode_clip(tmp_path / name, 10.0)
+    start = (len(frames) - 10 * RATE) // 2
+    assert (rate, seconds) == (RATE, len(frames) / RATE)
+    np.testing.assert_array_equal(clip, frames[start : start + 10 * RATE])
 
 
 @needs_ffmpeg
@@ -79,22 +116,25 @@ def test_an_m4a_download_cut_short_gives_the_middle_of_what_it_holds(tmp_path):
 @needs_ffmpeg
 def test_a_folder_in_every_format_is_ingested_and_a_broken_file_is_an_error_row(tmp_path):
     (tmp_path / "music").mkdir()
-    for seed, (codec, name) in enumerate([*LOSSLESS.items(), *LOSSY.items()]):
+    formats = [(codec, name) for codecs in (LOSSLESS, LOSSY) for name, codec in codecs.items()
+               if codec != "musepack" or MPCENC]
+    for seed, (codec, name) in enumerate(formats):
         _encode(_stereo(6.0, seed), tmp_path / "music" / f"{codec}-{name}", codec)
     whole = (tmp_path / "music" / "alac-song.m4a").read_bytes()
     (tmp_path / "music" / "broken.m4a").write_bytes(whole[:24] + bytes(4000))  # an MP4's first box, then nothing
     store = Store.open(tmp_path / "s", create=True)
     summary = ingest(store, collect(tmp_path / "music")[0], features=("mfcc",), workers=1, quiet=True)
-    assert (summary.ingested, summary.failed) == (len(LOSSLESS) + len(LOSSY), 1)
+    assert (summary.ingested, summary.failed) == (len(formats), 1)
     error = store.query("SELECT path, error FROM ingest_errors").to_pylist()[0]
     assert error["path"].endswith("broken.m4a") and error["error"].startswith("cannot decode audio: ffmpeg: ")
 
 
 @needs_ffmpeg
-@pytest.mark.parametrize("codec, name", [("aac", "song.m4a"), ("wmav2", "song.wma"), ("wavpack", "song.wv")])
-def test_a_file_s_own_tags_name_its_artist_title_album_and_genre(tmp_path, codec, name):
+@pytest.mark.parametrize("name", _names(TAGGED := {"song.m4a": "aac", "song.wma": "wmav2", "song.wv": "wavpack",
+                                                    "song.aac": "aac", "song.mpc": "musepack"}))
+def test_a_file_s_own_tags_name_its_artist_title_album_and_genre(tmp_path, name):
     facts = {"artist": "Ludwig Ø", "title": "Für Elise", "album": "Bagatelles", "genre": "Classical"}
-    _encode(_stereo(2.0), tmp_path / name, codec, *[a for k, v in facts.items() for a in ("-metadata", f"{k}={v}")])
+    _encode(_stereo(2.0), tmp_path / name, TAGGED[name], tags=facts)
     [candidate] = read_folder(tmp_path)
     assert (candidate.artist, candidate.title, candidate.album, candidate.genre_top) == tuple(facts.values())
 
@@ -150,3 +190,28 @@ def test_without_ffmpeg_such_a_file_is_an_error_row_that_names_it(tmp_path, monk
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(AudioError, match=r"an MP4 \(M4A\) file needs ffmpeg.*install ffmpeg"):
         decode_clip(tmp_path / "song.m4a", 10.0)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tag=st.binary(max_size=64), size=st.integers(0, 0x7F7F7F7F), flags=st.integers(0, 255), after=st.binary(max_size=8))
+def test_what_follows_an_id3_tag_decides_a_file_s_decoder(tmp_path, tag, size, flags, after):
+    """An ID3v2 tag of any size, true or not, before anything: ADTS frames after it go to ffmpeg's
+    AAC demuxer; an MP3's frames, or nothing, to libsndfile."""
+    syncsafe = bytes((size >> shift) & 0x7F for shift in (21, 14, 7, 0))
+    header = b"ID3\x04\x00" + bytes([flags]) + syncsafe
+    path = tmp_path / "song.mp3"
+    path.write_bytes(header + tag + after)
+    at = 10 + sum(b << (7 * (3 - i)) for i, b in enumerate(syncsafe)) + 10 * bool(flags & 0x10)
+    following = (header + tag + after)[at:at + 2]
+    adts = len(following) == 2 and following[0] == 0xFF and following[1] & 0xF6 == 0xF0
+    assert ffmpeg_demuxer(path) == ("aac" if adts else None)
+
+
+@pytest.mark.parametrize("frame, demuxer", [(b"\xff\xf1\x50\x80", "aac"), (b"\xff\xf9\x50\x80", "aac"),  # MPEG-4, MPEG-2 AAC
+                                            (b"\xff\xfb\x90\x64", None), (b"\xff\xf3\x90\x64", None),  # MP3 layer 3
+                                            (b"\xff\xfd\x90\x64", None), (b"MPCK", "mpc8")])  # MP2 layer 2, Musepack
+def test_a_file_s_first_frame_names_its_decoder_with_or_without_an_id3_tag(tmp_path, frame, demuxer):
+    (tmp_path / "bare").write_bytes(frame + bytes(16))
+    (tmp_path / "tagged").write_bytes(b"ID3\x03\x00\x00\x00\x00\x00\x05" + b"TIT2\x00" + frame + bytes(16))
+    assert ffmpeg_demuxer(tmp_path / "bare") == demuxer
+    assert ffmpeg_demuxer(tmp_path / "tagged") == (demuxer if demuxer == "aac" else None)

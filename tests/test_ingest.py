@@ -135,9 +135,33 @@ def test_a_folder_without_audio_is_one_line_of_error_and_makes_no_store(tmp_path
     (tmp_path / "photos" / ".hidden" / "song.mp3").write_bytes(b"ID3")
     out = cli(command, tmp_path / "photos", "--store", tmp_path / "store")
     assert out.exit_code == 1 and out.output.strip().splitlines() == [
-        f"Error: no audio files under {tmp_path / 'photos'}: agf reads .aif .aiff .flac .m4a .mka .mp3 .oga .ogg "
-        ".opus .wav .webm .wma .wv files (hidden ones are passed over)"]
+        f"Error: no audio files under {tmp_path / 'photos'}: agf reads .aac .aif .aiff .flac .m4a .mka .mp3 .mpc "
+        ".oga .ogg .opus .wav .webm .wma .wv files (hidden ones are passed over)"]
     assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("command", ["ingest", "tag"])
+def test_files_in_formats_agf_does_not_read_are_named_not_passed_over_in_silence(tmp_path, cli, command):
+    """A lossless library in Monkey's Audio, say: a run that ingested nothing of it says why."""
+    (tmp_path / "music" / ".hidden").mkdir(parents=True)
+    for name in ("a.ape", "b.APE", "c.dsf", ".hidden/d.ape", "cover.jpg", "album.cue"):
+        (tmp_path / "music" / name).write_bytes(b"not read")
+    out = cli(command, tmp_path / "music", "--store", tmp_path / "store")
+    assert out.exit_code == 1 and out.output.strip().splitlines() == [
+        f"Error: no audio files under {tmp_path / 'music'}: agf reads .aac .aif .aiff .flac .m4a .mka .mp3 .mpc "
+        ".oga .ogg .opus .wav .webm .wma .wv files (hidden ones are passed over); passed over 3 files in formats "
+        "agf does not read: 2 .ape, 1 .dsf"]
+
+
+def test_an_ingest_beside_such_files_names_them_on_stderr_and_in_its_summary(tmp_path, cli, small_corpus):
+    (tmp_path / "music").mkdir()
+    (tmp_path / "music" / "song.flac").write_bytes(sorted(small_corpus.parent.glob("audio/*/*.flac"))[0].read_bytes())
+    (tmp_path / "music" / "song.ape").write_bytes(b"MAC ")
+    out = cli("ingest", tmp_path / "music", "--features", "mfcc", "--json", "--store", tmp_path / "store")
+    note = f"{tmp_path / 'music'}: passed over 1 file in formats agf does not read: 1 .ape"
+    assert out.exit_code == 0 and note in out.stderr.splitlines()
+    summary = json.loads(out.stdout)
+    assert (summary["ingested"], summary["notes"]) == (1, [note])
 
 
 def test_a_folder_scan_passes_over_hidden_files_and_folders(tmp_path, small_corpus):
@@ -256,7 +280,8 @@ def test_fma_as_distributed_brings_its_released_features_and_its_tracks_without_
     out = cli("ingest", audio, "--fma-metadata", meta, "--store", root, "--json", "--quiet")  # features: mfcc, dmfcc
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout) | {"seconds": 0, "files_per_second": 0} == {
-        "ingested": 4, "skipped": 0, "failed": 0, "listed": 1, "decoder_warnings": 0, "seconds": 0, "files_per_second": 0}
+        "ingested": 4, "skipped": 0, "failed": 0, "listed": 1, "decoder_warnings": 0, "seconds": 0, "files_per_second": 0,
+        "notes": []}
     store = Store.open(root)
     tracks = {r["source_id"]: r for r in store.query("SELECT * FROM tracks").to_pylist()}
     assert sorted(tracks, key=int) == ["2", "3", "1005", "1006", "2000"]

@@ -2,7 +2,8 @@
 playlists, and a real beets library.
 
 The files are game-music clips converted to MP3, FLAC, Ogg Vorbis, Opus and, where ffmpeg is
-there to encode and decode them, M4A (AAC), WavPack and WMA; the model is the trained store's.
+there to encode and decode them, M4A (AAC), WavPack, WMA, raw AAC (ADTS) and, where mpcenc is
+there too, Musepack; the model is the trained store's.
 """
 
 import json
@@ -13,25 +14,29 @@ import sys
 from pathlib import Path
 
 import mutagen
+import mutagen.easyid3
+import mutagen.id3
 import numpy as np
 import pytest
 import soundfile as sf
 
 from agf.store import Store
 
-FFMPEG = shutil.which("ffmpeg")
-#: Extension -> (libsndfile's format and subtype) or ("ffmpeg", its encoder) for what libsndfile cannot write.
+FFMPEG, MPCENC = shutil.which("ffmpeg"), shutil.which("mpcenc")
+DECODES = FFMPEG and shutil.which("ffprobe")
+#: Extension -> (libsndfile's format and subtype) or (the encoder's command, its codec) for what libsndfile cannot write.
 FORMATS = {"mp3": ("MP3", None), "flac": ("FLAC", None), "ogg": ("OGG", "VORBIS"), "opus": ("OGG", "OPUS"),
-           **({"m4a": ("ffmpeg", "aac"), "wv": ("ffmpeg", "wavpack"), "wma": ("ffmpeg", "wmav2")}
-              if FFMPEG and shutil.which("ffprobe") else {})}
+           **({"m4a": ("ffmpeg", "aac"), "wv": ("ffmpeg", "wavpack"), "wma": ("ffmpeg", "wmav2"), "aac": ("ffmpeg", "aac")}
+              if DECODES else {}),
+           **({"mpc": ("mpcenc", None)} if DECODES and MPCENC else {})}
 #: The genre field by extension where mutagen has no "easy" name for it.
-NAMED_FIELDS = {"wv": "Genre", "wma": "WM/Genre"}
+NAMED_FIELDS = {"wv": "Genre", "wma": "WM/Genre", "mpc": "Genre"}
 AGF = [sys.executable, "-m", "agf.cli"]
 
 
 def _decoded(path: Path) -> np.ndarray:
     """The file's samples as its decoder gives them (ffmpeg for what libsndfile cannot read)."""
-    if FORMATS[path.suffix[1:]][0] == "ffmpeg":
+    if FORMATS[path.suffix[1:]][0] in ("ffmpeg", "mpcenc"):
         raw = subprocess.run([FFMPEG, "-v", "error", "-i", str(path), "-f", "f32le", "-"], capture_output=True, check=True)
         return np.frombuffer(raw.stdout, np.float32)
     return sf.read(path, dtype="float32")[0]
@@ -47,6 +52,10 @@ def _library(folder: Path, clips: list[Path], with_genre: dict[str, list[str]] |
         if fmt == "ffmpeg":
             subprocess.run([FFMPEG, "-v", "error", "-f", "f32le", "-ar", str(rate), "-ac", str(y.shape[1]), "-i", "pipe:0",
                             "-c:a", subtype, str(files[ext])], input=y.astype("<f4").tobytes(), check=True)
+        elif fmt == "mpcenc":  # which reads WAV files
+            sf.write(folder / "input.wav", y, rate, subtype="PCM_16")
+            subprocess.run([MPCENC, "--silent", str(folder / "input.wav"), str(files[ext])], check=True)
+            (folder / "input.wav").unlink()
         else:
             sf.write(files[ext], y, 48000 if ext == "opus" else rate, format=fmt, subtype=subtype)
     for ext, genres in (with_genre or {}).items():
@@ -59,13 +68,24 @@ def _library(folder: Path, clips: list[Path], with_genre: dict[str, list[str]] |
 
 
 def _genres(path: Path):
-    tags, key = mutagen.File(path, easy=True).tags, NAMED_FIELDS.get(path.suffix[1:], "genre")
+    tags, key = _mutagen_tags(path, easy=True), NAMED_FIELDS.get(path.suffix[1:], "genre")
     return None if tags is None or key not in tags else [str(v) for v in tags[key]]
 
 
 def _tags(path: Path) -> dict | None:
-    tags = mutagen.File(path).tags
+    tags = _mutagen_tags(path, easy=False)
     return None if tags is None else {k: str(v) for k, v in tags.items()}
+
+
+def _mutagen_tags(path: Path, *, easy: bool):
+    """The file's tags as mutagen reads them; a raw AAC file's are its ID3v2 tag, read as such
+    (mutagen.File takes a tagged one for an MP3)."""
+    if path.suffix != ".aac":
+        return mutagen.File(path, easy=easy).tags
+    try:
+        return (mutagen.easyid3.EasyID3 if easy else mutagen.id3.ID3)(path)
+    except mutagen.id3.ID3NoHeaderError:
+        return None
 
 
 def _agf(*args, store: Path) -> subprocess.CompletedProcess:
@@ -105,7 +125,7 @@ def test_every_change_is_recorded_before_and_after(tagged):
         writes = {Path(w["path"]).suffix[1:]: w for w in store.query("SELECT * FROM tag_writes").to_pylist()}
     assert set(writes) == set(tagged["files"])
     assert writes["flac"]["old_value"] == ["Chiptune"] and writes["ogg"]["old_value"] is None
-    fields = {"mp3": "TCON", "flac": "GENRE", "ogg": "GENRE", "opus": "GENRE", "m4a": "©gen", **NAMED_FIELDS}
+    fields = {"mp3": "TCON", "flac": "GENRE", "ogg": "GENRE", "opus": "GENRE", "m4a": "©gen", "aac": "TCON", **NAMED_FIELDS}
     assert {ext: w["field"] for ext, w in writes.items()} == {ext: fields[ext] for ext in writes}
     for ext, w in writes.items():
         assert w["sha256_before"] != w["sha256_after"] and w["new_value"] == _genres(tagged["files"][ext])
@@ -143,6 +163,8 @@ def test_undo_restores_every_file_exactly_and_a_dry_run_touches_nothing(tagged):
         before = tagged["before"][ext]
         assert _tags(path) == before["tags"], ext  # an absent field is removed again; an MP3 without ID3 has none again
         np.testing.assert_array_equal(_decoded(path), before["audio"])
+        if ext in ("aac", "wv", "mpc"):  # files without a tag before: the tag agf added goes whole
+            assert path.read_bytes() == before["bytes"], ext
     with Store.open(tagged["store"]) as store:
         assert store.count("tag_writes") == 0
 

@@ -22,7 +22,9 @@ import httpx
 import pytest
 import uvicorn
 
+from agf.app.catalog import AUDIO_TYPES, audio_type
 from agf.app.web import create_app
+from agf.ingest.audio import AUDIO_EXTENSIONS
 from agf.store import Store
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -114,6 +116,12 @@ def test_api_track_gives_every_genre_s_probability(http, facts):
     assert len(probabilities) == 3 and abs(sum(probabilities) - 1) < 1e-3
     assert track["artist_id"] == facts["artist_id"] and track["similar"]
     assert all(s["artist"] != facts["name"] for s in track["similar"])  # other artists by default
+
+
+@pytest.mark.parametrize("extension", sorted(AUDIO_EXTENSIONS))
+def test_every_format_agf_reads_is_served_as_audio_whatever_the_system_s_table_says(extension):
+    assert audio_type(Path("song" + extension.upper())) == AUDIO_TYPES[extension] and AUDIO_TYPES[extension].startswith("audio/")
+    assert audio_type(Path("notes.unknown")) == "application/octet-stream"
 
 
 def test_audio_is_the_recorded_file_whole_or_by_range(http, facts):

@@ -1,6 +1,6 @@
-"""Genres into the files' own tags, with undo: ID3 ``TCON`` (MP3), Vorbis ``GENRE`` (FLAC, Ogg
-Vorbis, Opus), ``©gen`` (MP4/M4A), APEv2 ``Genre`` (WavPack), ``WM/Genre`` (WMA), through
-mutagen, which rewrites tags and never the audio.
+"""Genres into the files' own tags, with undo: ID3 ``TCON`` (MP3, and raw AAC's ID3v2 tag), Vorbis
+``GENRE`` (FLAC, Ogg Vorbis, Opus), ``©gen`` (MP4/M4A), APEv2 ``Genre`` (WavPack, Musepack),
+``WM/Genre`` (WMA), through mutagen, which rewrites tags and never the audio.
 
 Before a file's tags change, what they held is committed to the store's ``tag_writes`` table
 (path, the file's sha256 before and after, the field, old and new values, the model); ``undo``
@@ -11,8 +11,6 @@ later ingest know the retagged file as the track it was.
 import csv
 import datetime as dt
 import json
-import os
-import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +24,11 @@ from agf.store.paths import sha256_file
 #: The field written, by mutagen's file type (the "easy" interfaces map ``genre`` to it).
 FIELDS = {"EasyMP3": "TCON", "EasyID3FileType": "TCON", "FLAC": "GENRE", "OggVorbis": "GENRE", "OggOpus": "GENRE",
           "OggFLAC": "GENRE", "OggSpeex": "GENRE", "EasyMP4": "©gen", "EasyTrueAudio": "TCON", "WavPack": "Genre",
-          "ASF": "WM/Genre"}
+          "ASF": "WM/Genre", "Musepack": "Genre", "EasyAAC": "TCON"}
 #: File types without an "easy" interface: their field is named as the format names it.
-_NAMED_FIELDS = {"WavPack", "ASF"}
+_NAMED_FIELDS = {"WavPack", "ASF", "Musepack"}
 #: File types whose tag agf removes with its last field, when agf added it to a file that had none.
-_WHOLE_TAGS = {"EasyMP3", "WavPack"}
+_WHOLE_TAGS = {"EasyMP3", "WavPack", "Musepack", "EasyAAC"}
 
 
 @dataclass
@@ -96,19 +94,17 @@ def _is_names(mapping) -> bool:
 
 
 def _open_tags(path: Path):
-    import mutagen
+    from agf.ingest.tagfiles import NotARegularFile, open_tags
 
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block mutagen, a device never end
-            raise AgfError(f"{path}: not a regular file")
-        audio = mutagen.File(path, easy=True)
-    except AgfError:
-        raise
+        audio = open_tags(path)
+    except NotARegularFile:
+        raise AgfError(f"{path}: not a regular file") from None
     except Exception as exc:  # noqa: BLE001 - a damaged file may trip any of mutagen's parsers: its error, one line
         raise AgfError(f"{path}: its tags cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
     if audio is None or type(audio).__name__ not in FIELDS:
-        raise AgfError(f"{path}: agf writes genres into MP3, FLAC, Ogg Vorbis, Opus, MP4/M4A, WavPack and WMA "
-                       f"files only")
+        raise AgfError(f"{path}: agf writes genres into MP3, FLAC, Ogg Vorbis, Opus, MP4/M4A, WavPack, WMA, "
+                       f"Musepack and raw AAC files only")
     return audio
 
 

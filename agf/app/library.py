@@ -111,16 +111,18 @@ class Library:
     def ingest(self, folder, *, manifest=None, fma_metadata=None, features: str | None = None,
                workers: int | None = None, force: bool = False, engine: Engine = LOCAL, quiet: bool = True) -> dict:
         """Ingest the audio under ``folder`` (with a manifest, FMA metadata, or the files' tags), as
-        ``agf ingest`` does; returns its summary. Needs ``write=True``."""
+        ``agf ingest`` does; returns its summary, with ``notes`` (files passed over in formats agf
+        does not read). Needs ``write=True``."""
         from agf.ingest import collect, ingest
         from agf.ingest.features import parse_features
 
         self._writable("ingest")
-        candidates, genre_tree = collect(Path(folder), manifest=manifest, fma_metadata=fma_metadata)
+        notes = []
+        candidates, genre_tree = collect(Path(folder), manifest=manifest, fma_metadata=fma_metadata, notes=notes)
         summary = ingest(self.store, candidates, genre_tree, features=parse_features(features), workers=workers,
                          force=force, engine=engine, quiet=quiet)
         self._similar = None
-        return summary.as_dict()
+        return {**summary.as_dict(), "notes": notes}
 
     def tag(self, paths=None, *, manifest=None, model: str | None = None, top: int = 3, write_tags: bool = False,
             min_probability: float = 0.5, genres_map=None, dry_run: bool = False, m3u=None, workers: int | None = None,

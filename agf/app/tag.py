@@ -127,14 +127,16 @@ class Tagger:
         self.seconds[stage] += time.perf_counter() - started
 
 
-def files_to_tag(paths: list[Path] | None = None, manifest: Path | None = None) -> list[Candidate]:
+def files_to_tag(paths: list[Path] | None = None, manifest: Path | None = None, *,
+                 notes: list[str] | None = None) -> list[Candidate]:
     """The files a tagging run reads: a manifest's rows (paths relative to the first folder of
-    ``paths`` if any, else to the manifest), or the files and folders of ``paths``."""
+    ``paths`` if any, else to the manifest), or the files and folders of ``paths`` (a line
+    naming the files a folder holds in formats agf does not read goes to ``notes``)."""
     paths = [Path(p).expanduser() for p in paths or []]
     if manifest:
         return read_manifest(Path(manifest).expanduser(), paths[0] if paths and paths[0].is_dir() else None)
     if paths:
-        return read_files(paths)
+        return read_files(paths, notes=notes)
     raise AgfError("give the files or folders to tag, or --manifest")
 
 

@@ -13,8 +13,10 @@ def collect(
     fma_metadata: Path | None = None,
     mapping: dict[str, str] | None = None,
     subset: str | None = None,
+    notes: list[str] | None = None,
 ) -> tuple[list[Candidate], list[GenreRow]]:
-    """The files to ingest and the genre tree, from FMA metadata, a manifest, or the folder's tags."""
+    """The files to ingest and the genre tree, from FMA metadata, a manifest, or the folder's tags
+    (a line naming the files it passes over, in formats agf does not read, goes to ``notes``)."""
     audio_dir = Path(audio_dir)
     if manifest and fma_metadata:
         raise AgfError("give --manifest or --fma-metadata, not both")
@@ -24,7 +26,7 @@ def collect(
         return read_fma(fma_metadata, audio_dir, subset=subset)
     if manifest:
         return read_manifest(manifest, audio_dir, mapping), []
-    return read_folder(audio_dir), []
+    return read_folder(audio_dir, notes=notes), []
 
 
 __all__ = ["Candidate", "GenreRow", "IngestSummary", "collect", "ingest", "ingest_parts"]

@@ -1,8 +1,8 @@
 """Decoding: any supported file to one mono float32 clip at the store's sample rate.
 
 libsndfile decodes MP3, Ogg (Vorbis, Opus), FLAC, WAV and AIFF; what it cannot read, M4A (AAC or
-ALAC in MP4), WMA, WavPack and Matroska or WebM audio, is decoded by ffmpeg's command line where
-one is installed.
+ALAC in MP4), WMA, WavPack, Matroska or WebM audio, raw AAC (ADTS) and Musepack, is decoded by
+ffmpeg's command line where one is installed.
 """
 
 import contextlib
@@ -21,7 +21,10 @@ from agf.store.paths import open_regular
 
 #: Extensions a folder scan picks up (a manifest may name any file; undecodable ones are errors).
 AUDIO_EXTENSIONS = {".mp3", ".ogg", ".oga", ".opus", ".flac", ".wav", ".aif", ".aiff",  # libsndfile's
-                    ".m4a", ".wma", ".wv", ".mka", ".webm"}  # ffmpeg's
+                    ".m4a", ".wma", ".wv", ".mka", ".webm", ".aac", ".mpc"}  # ffmpeg's
+#: Extensions of audio formats agf does not read, which a folder scan counts and names rather than
+#: pass over in silence.
+UNREAD_EXTENSIONS = {".ape", ".tta", ".shn", ".dsf", ".dff", ".mid", ".midi", ".m4p", ".ac3", ".dts", ".amr", ".ra"}
 #: A clip whose peak stays below this (about -80 dBFS) is treated as silence.
 SILENCE_PEAK = 1e-4
 
@@ -142,14 +145,14 @@ _BLOCK = 1 << 16
 def _middle(path: Path, max_seconds: float) -> tuple[np.ndarray, int, int, int]:
     """The middle ``max_seconds`` of ``path``: its frames (n, channels) float32, its rate in Hz,
     the number of frames it holds and the number its header promises. Decoded by ffmpeg when its
-    first bytes name a format libsndfile cannot read (:func:`_ffmpeg_demuxer`), else by libsndfile.
+    first bytes name a format libsndfile cannot read (:func:`ffmpeg_demuxer`), else by libsndfile.
 
     These two numbers differ when the file ends before its header says (a download cut short).
     Its middle by the header can then lie past its end (no samples, or a failed seek), so the
     file is decoded from the start to count the frames it holds, up to its first undecodable
     block (in blocks, in bounded memory), and the middle of those is read.
     """
-    demuxer = _ffmpeg_demuxer(path)
+    demuxer = ffmpeg_demuxer(path)
     source = _FfmpegFile(path, demuxer) if demuxer else _SoundFile(os.fsencode(path))  # bytes: any name opens
     longest = int(round(max_seconds * source.rate))
     data = source.middle(source.promised, longest)
@@ -161,17 +164,26 @@ def _middle(path: Path, max_seconds: float) -> tuple[np.ndarray, int, int, int]:
 
 
 #: What a file of each format ffmpeg decodes is called, by ffmpeg's demuxer for it.
-_NAMES = {"mov": "MP4 (M4A)", "asf": "ASF (WMA)", "wv": "WavPack", "matroska": "Matroska (MKA, WebM)"}
+_NAMES = {"mov": "MP4 (M4A)", "asf": "ASF (WMA)", "wv": "WavPack", "matroska": "Matroska (MKA, WebM)",
+          "aac": "raw AAC (ADTS)", "mpc8": "Musepack"}
+#: Demuxers whose streams say nowhere how long they are (ffprobe guesses from the bit rate, 5 % out
+#: on a 30 s clip) and in which ffmpeg's seeks do not land on the sample asked for: such a file is
+#: counted through and its middle read from its start.
+_UNTIMED = {"aac", "mpc8"}
 #: How an ASF file (WMA) begins: its header object's GUID.
 _ASF_HEADER = bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c")
 
 
-def _ffmpeg_demuxer(path: Path) -> str | None:
+def ffmpeg_demuxer(path: Path) -> str | None:
     """ffmpeg's demuxer for ``path`` if it begins as a file libsndfile cannot read does (MP4,
-    ASF, WavPack, Matroska), whatever its name; else None."""
+    ASF, WavPack, Matroska, Musepack SV8, or an ADTS AAC stream after an optional ID3v2 tag),
+    whatever its name; else None."""
     try:
         with open_regular(Path(path)) as fh:
             head = fh.read(16)
+            if head[:3] == b"ID3" and len(head) >= 10:  # an ID3v2 tag: what follows it says the format
+                fh.seek(_id3_size(head))
+                return "aac" if _is_adts(fh.read(2)) else None
     except OSError:
         return None  # libsndfile then says what is wrong with it
     if head[4:8] == b"ftyp":
@@ -182,7 +194,21 @@ def _ffmpeg_demuxer(path: Path) -> str | None:
         return "wv"
     if head[:4] == b"\x1aE\xdf\xa3":  # EBML: Matroska, WebM
         return "matroska"
-    return None
+    if head[:4] == b"MPCK":
+        return "mpc8"
+    return "aac" if _is_adts(head[:2]) else None
+
+
+def _id3_size(header: bytes) -> int:
+    """Bytes an ID3v2 tag takes from its 10-byte header: the header, its syncsafe size, a footer."""
+    size = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(header[6:10]))
+    return size + 10 * bool(header[5] & 0x10)
+
+
+def _is_adts(two: bytes) -> bool:
+    """Whether ``two`` bytes begin an ADTS frame: 12 bits of sync, then layer 0 (MPEG audio, MP3's
+    frames, has layers 1 to 3 there)."""
+    return len(two) == 2 and two[0] == 0xFF and two[1] & 0xF6 == 0xF0
 
 
 class _SoundFile:
@@ -245,30 +271,49 @@ class _FfmpegFile:
         if "sample_rate" not in stream:
             raise ValueError(f"the {_NAMES[demuxer]} file holds no audio stream")
         self.rate, self.channels = _readable_stream(int(stream["sample_rate"]), int(stream.get("channels", 0)))
-        seconds = float(stream.get("duration") or facts.get("format", {}).get("duration") or "0")
+        self.seeks = demuxer not in _UNTIMED
+        seconds = float(stream.get("duration") or facts.get("format", {}).get("duration") or "0") if self.seeks else 0
         if not 0 <= seconds < 1e7:  # NaN too
             raise ValueError(f"an audio stream of {seconds} s is not one agf reads")
-        # a file that does not say how long it is (a stream written live) is counted through
+        # a file that does not say how long it is (a stream written live, raw AAC) is counted through
         self.promised = int(round(seconds * self.rate)) or self.readable_frames()
 
     def middle(self, frames: int, longest: int) -> np.ndarray | None:
         """As :meth:`_SoundFile.middle`: ffmpeg seeks to the first frame wanted (decoding from the
-        packet before it, and dropping what precedes that frame) and stops after the last."""
+        packet before it, and dropping what precedes that frame) and stops after the last. In a
+        format whose seeks miss (:data:`_UNTIMED`) the stream is decoded from its start and the
+        frames before the middle are dropped here."""
         keep = min(frames, longest)
         start = (frames - keep) // 2
-        pcm = self._run([self.ffmpeg, "-nostdin", *self.input, "-ss", f"{start / self.rate:.6f}", "-i", self.url,
-                         "-t", f"{(keep + self.rate // 10) / self.rate:.6f}", *self.OUTPUT])
-        data = np.frombuffer(pcm, "<f4")[: keep * self.channels].reshape(-1, self.channels)
+        skip = 0 if self.seeks else start
+        seek = ["-ss", f"{start / self.rate:.6f}"] if self.seeks else []
+        command = [self.ffmpeg, "-nostdin", *self.input, *seek, "-i", self.url,
+                   "-t", f"{(keep + skip + self.rate // 10) / self.rate:.6f}", *self.OUTPUT]
+        frame = 4 * self.channels
+        if skip:  # streamed: the stream before the middle is never held whole
+            pcm = bytearray()
+            for block in self._blocks(command):
+                pcm += block
+                drop = min(skip * frame, len(pcm) // frame * frame)
+                del pcm[:drop]
+                skip -= drop // frame
+        else:
+            pcm = self._run(command)
+        data = np.frombuffer(bytes(pcm), "<f4")[: keep * self.channels].reshape(-1, self.channels)
         return data if len(data) == keep else None
 
     def readable_frames(self) -> int:
         """Frames ffmpeg decodes from the stream's start to its end or its first error."""
         command = [self.ffmpeg, "-nostdin", *self.input, "-i", self.url, *self.OUTPUT]
-        counted = 0
+        return sum(map(len, self._blocks(command))) // (4 * self.channels)
+
+    @staticmethod
+    def _blocks(command: list[str]):
+        """What ``command`` writes to its standard output, in blocks of up to 1 MiB; its
+        complaints are dropped (a decoding error ends the stream, and what came before counts)."""
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as process:
             while block := process.stdout.read(1 << 20):
-                counted += len(block)
-        return counted // (4 * self.channels)
+                yield block
 
     def _run(self, command: list[str]) -> bytes:
         """What ``command`` writes to its standard output; its complaints to descriptor 2."""

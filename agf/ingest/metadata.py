@@ -7,12 +7,12 @@ the genre tree. Readers never decode audio; a missing file becomes the pipeline'
 import ast
 import csv
 import os
-import stat
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agf.errors import AgfError
-from agf.ingest.audio import AUDIO_EXTENSIONS
+from agf.ingest.audio import AUDIO_EXTENSIONS, UNREAD_EXTENSIONS
 from agf.ingest.released import read_released
 from agf.store.paths import path_text
 
@@ -265,27 +265,38 @@ def _tag(tags, key: str) -> str | None:
     return text or None
 
 
-def read_folder(folder: Path) -> list[Candidate]:
+def read_folder(folder: Path, *, notes: list[str] | None = None) -> list[Candidate]:
     """Every audio file under ``folder`` (by extension), described by its own tags (mutagen).
 
     Files without an artist tag get the artist 'unknown'. Hidden files and folders (a name that
     begins with '.') are passed over, as music players pass them over: macOS leaves a '._song.m4a'
     of resource data beside each song it copies to a foreign disk. Linked folders are followed,
     each folder once (a link back up is no loop). A folder with no audio file under it is an error.
+    Files of audio formats agf does not read (``UNREAD_EXTENSIONS``) are counted, and a line
+    naming them is appended to ``notes``.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise AgfError(f"{folder} is not a folder")
-    paths = _audio_files(folder)
+    paths, unread = _audio_files(folder)
     if not paths:  # most likely the wrong folder: say so rather than do nothing (or make an empty store)
         raise AgfError(f"no audio files under {path_text(folder)}: agf reads {' '.join(sorted(AUDIO_EXTENSIONS))} "
-                       f"files (hidden ones are passed over)")
+                       f"files (hidden ones are passed over)" + (f"; {_unread_note(unread)}" if unread else ""))
+    if unread and notes is not None:
+        notes.append(f"{path_text(folder)}: {_unread_note(unread)}")
     return [_tagged(path, path_text(path.relative_to(folder))) for path in paths]
 
 
-def _audio_files(folder: Path) -> list[Path]:
-    """The audio files under ``folder``, in name order, through linked folders, each folder once."""
-    found, seen = [], set()
+def _unread_note(unread: Counter) -> str:
+    """``passed over 3 files in formats agf does not read: 2 .ape, 1 .dsf``."""
+    counts = ", ".join(f"{n} {ext}" for ext, n in sorted(unread.items(), key=lambda c: (-c[1], c[0])))
+    return f"passed over {unread.total()} file{'s' * (unread.total() != 1)} in formats agf does not read: {counts}"
+
+
+def _audio_files(folder: Path) -> tuple[list[Path], Counter]:
+    """The audio files under ``folder``, in name order, through linked folders, each folder once,
+    and the count of files in formats agf does not read, by extension."""
+    found, seen, unread = [], set(), Counter()
     for root, folders, files in os.walk(folder, followlinks=True):
         try:
             identity = os.stat(root)
@@ -297,16 +308,19 @@ def _audio_files(folder: Path) -> list[Path]:
             continue
         seen.add((identity.st_dev, identity.st_ino))
         folders[:] = [f for f in folders if not f.startswith(".")]
-        found += [Path(root, f) for f in files if not f.startswith(".") and Path(f).suffix.lower() in AUDIO_EXTENSIONS]
-    return sorted(p for p in found if p.is_file())
+        shown = [(f, Path(f).suffix.lower()) for f in files if not f.startswith(".")]
+        found += [Path(root, f) for f, ext in shown if ext in AUDIO_EXTENSIONS]
+        unread.update(ext for _, ext in shown if ext in UNREAD_EXTENSIONS)
+    return sorted(p for p in found if p.is_file()), unread
 
 
-def read_files(paths: list[Path]) -> list[Candidate]:
-    """Files named one by one (any extension: decoding decides) and audio files under named folders."""
+def read_files(paths: list[Path], *, notes: list[str] | None = None) -> list[Candidate]:
+    """Files named one by one (any extension: decoding decides) and audio files under named
+    folders; ``notes`` as :func:`read_folder`'s."""
     candidates = []
     for path in map(Path, paths):
         if path.is_dir():
-            candidates.extend(read_folder(path))
+            candidates.extend(read_folder(path, notes=notes))
         elif path.exists():
             candidates.append(_tagged(path, path_text(path.resolve())))
         else:
@@ -315,12 +329,11 @@ def read_files(paths: list[Path]) -> list[Candidate]:
 
 
 def _tagged(path: Path, source_id: str) -> Candidate:
-    import mutagen
+    from agf.ingest.tagfiles import open_tags  # mutagen: only where files' tags are read
 
     try:
-        # only a regular file: a FIFO would block here; reading it later becomes an error row
-        tags = mutagen.File(path, easy=True) if stat.S_ISREG(path.stat().st_mode) else None
-    except Exception:  # noqa: BLE001 - unreadable tags are not fatal; decoding decides
+        tags = open_tags(path)
+    except Exception:  # noqa: BLE001 - unreadable tags (or a FIFO) are not fatal; decoding decides
         tags = None
     names = _ASF_NAMES if type(tags).__name__ == "ASF" else {}
     genre = _tag(tags, names.get("genre", "genre"))

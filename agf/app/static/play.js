@@ -14,7 +14,7 @@ document.addEventListener("pause", (event) => {
   const button = event.target.previousElementSibling;
   if (button && button.classList) button.classList.remove("playing");
 }, true);
-// A file the browser cannot decode (WMA, WavPack): its button says so instead of doing nothing.
+// A file the browser cannot decode (WMA, WavPack, Musepack): its button says so instead of doing nothing.
 document.addEventListener("error", (event) => {
   const button = event.target.previousElementSibling;
   if (event.target.tagName !== "AUDIO" || !button || !button.classList.contains("play")) return;
