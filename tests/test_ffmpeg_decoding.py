@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agf.ingest import collect, ingest
-from agf.ingest.audio import AudioError, decode_clip, ffmpeg_demuxer
+from agf.ingest.audio import AudioError, decode_clip, decoder_messages, ffmpeg_demuxer
 from agf.ingest.metadata import read_folder
 from agf.store import Store
 
@@ -111,6 +111,26 @@ def test_an_m4a_download_cut_short_gives_the_middle_of_what_it_holds(tmp_path):
     assert 10 < held_s < 20 and notes == [f"the file holds {held_s:.1f} s of audio where its header says 40.0 s: cut short?"]
     start = (round(held_s * RATE) - 10 * RATE) // 2
     np.testing.assert_array_equal(clip, _mono(samples[start : start + 10 * RATE]))
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("name, demuxer", [("song.m4a", "mov"), ("song.aac", "aac")])
+def test_a_damaged_aac_file_gives_the_middle_of_what_decodes_and_says_what_it_met(tmp_path, name, demuxer):
+    """A damaged AAC frame decodes to nothing, so the file's time and its samples part: seeking by
+    time then came up short twice and the file was lost as "file holds no audio samples"."""
+    _encode(_stereo(20.0, seed=4), tmp_path / name, "aac")
+    data = bytearray((tmp_path / name).read_bytes())
+    for at in np.random.default_rng(0).integers(len(data) // 4, 3 * len(data) // 4, 30):
+        data[at : at + 64] = bytes(64)
+    (tmp_path / name).write_bytes(bytes(data))
+    with decoder_messages() as messages:
+        clip, rate, seconds = decode_clip(tmp_path / name, 10.0)
+    whole = subprocess.run([FFMPEG, "-v", "quiet", "-f", demuxer, "-i", f"file:{tmp_path / name}", "-map", "0:a:0",
+                            "-f", "f32le", "-c:a", "pcm_f32le", "pipe:1"], capture_output=True).stdout
+    frames = np.frombuffer(whole, "<f4").reshape(-1, 2) @ np.full(2, 0.5, np.float32)
+    start = (len(frames) - 10 * RATE) // 2
+    assert 10 < seconds < 20 and seconds == len(frames) / RATE and messages
+    np.testing.assert_array_equal(clip, frames[start : start + 10 * RATE])
 
 
 @needs_ffmpeg

@@ -280,40 +280,49 @@ class _FfmpegFile:
 
     def middle(self, frames: int, longest: int) -> np.ndarray | None:
         """As :meth:`_SoundFile.middle`: ffmpeg seeks to the first frame wanted (decoding from the
-        packet before it, and dropping what precedes that frame) and stops after the last. In a
-        format whose seeks miss (:data:`_UNTIMED`) the stream is decoded from its start and the
-        frames before the middle are dropped here."""
+        packet before it, and dropping what precedes that frame) and stops after the last.
+
+        A file ffmpeg does not seek in exactly (:data:`_UNTIMED`), or one counted through (whose
+        length is what ffmpeg decoded: a damaged frame decodes to nothing, so time and samples
+        part), is decoded from its start instead; the samples before the middle are dropped as
+        they come, and ffmpeg is stopped once the middle is read.
+        """
         keep = min(frames, longest)
         start = (frames - keep) // 2
-        skip = 0 if self.seeks else start
-        seek = ["-ss", f"{start / self.rate:.6f}"] if self.seeks else []
-        command = [self.ffmpeg, "-nostdin", *self.input, *seek, "-i", self.url,
-                   "-t", f"{(keep + skip + self.rate // 10) / self.rate:.6f}", *self.OUTPUT]
         frame = 4 * self.channels
-        if skip:  # streamed: the stream before the middle is never held whole
-            pcm = bytearray()
-            for block in self._blocks(command):
-                pcm += block
-                drop = min(skip * frame, len(pcm) // frame * frame)
-                del pcm[:drop]
-                skip -= drop // frame
+        if self.seeks:
+            pcm = self._run([self.ffmpeg, "-nostdin", *self.input, "-ss", f"{start / self.rate:.6f}", "-i", self.url,
+                             "-t", f"{(keep + self.rate // 10) / self.rate:.6f}", *self.OUTPUT])
         else:
-            pcm = self._run(command)
-        data = np.frombuffer(bytes(pcm), "<f4")[: keep * self.channels].reshape(-1, self.channels)
+            pcm, skip = bytearray(), start * frame
+            for block in self._blocks([self.ffmpeg, "-nostdin", *self.input, "-i", self.url, *self.OUTPUT],
+                                      complaints=True):
+                dropped = min(skip, len(block))
+                pcm += block[dropped:]
+                skip -= dropped
+                if len(pcm) >= keep * frame:
+                    break
+        data = np.frombuffer(bytes(pcm[: keep * frame]), "<f4").reshape(-1, self.channels)
         return data if len(data) == keep else None
 
     def readable_frames(self) -> int:
-        """Frames ffmpeg decodes from the stream's start to its end or its first error."""
+        """Frames ffmpeg decodes from the stream's start to its end; from now on the middle is
+        read from the start (see :meth:`middle`)."""
         command = [self.ffmpeg, "-nostdin", *self.input, "-i", self.url, *self.OUTPUT]
+        self.seeks = False
         return sum(map(len, self._blocks(command))) // (4 * self.channels)
 
     @staticmethod
-    def _blocks(command: list[str]):
+    def _blocks(command: list[str], *, complaints: bool = False):
         """What ``command`` writes to its standard output, in blocks of up to 1 MiB; its
-        complaints are dropped (a decoding error ends the stream, and what came before counts)."""
-        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as process:
-            while block := process.stdout.read(1 << 20):
-                yield block
+        complaints go to descriptor 2 with ``complaints``, else nowhere (counting through, they
+        would be said twice)."""
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=None if complaints else subprocess.DEVNULL) as process:
+            try:
+                while block := process.stdout.read(1 << 20):
+                    yield block
+            finally:
+                process.kill()  # a reader with all it needs stops here: ffmpeg need not decode the rest
 
     def _run(self, command: list[str]) -> bytes:
         """What ``command`` writes to its standard output; its complaints to descriptor 2."""
