@@ -108,7 +108,7 @@ def test_an_m4a_download_cut_short_gives_the_middle_of_what_it_holds(tmp_path):
     cut.write_bytes(whole.read_bytes()[: int(0.4 * whole.stat().st_size)])
     notes = []
     clip, rate, held_s = decode_clip(cut, 10.0, notes=notes)
-    assert 10 < held_s < 20 and notes == [f"the file holds {held_s:.1f} s of audio where its header says 40.0 s: cut short?"]
+    assert 10 < held_s < 20 and notes == [f"the file decodes to {held_s:.1f} s of audio where its header says 40.0 s: cut short, or damaged?"]
     start = (round(held_s * RATE) - 10 * RATE) // 2
     np.testing.assert_array_equal(clip, _mono(samples[start : start + 10 * RATE]))
 

@@ -201,7 +201,7 @@ def test_a_download_cut_short_is_ingested_from_the_audio_it_holds(tmp_path, kind
     with sf.SoundFile(whole) as fh:  # the middle of what it holds, as the whole file gives it
         fh.seek((round(held_s * rate) - len(clip)) // 2)
         assert np.array_equal(clip, fh.read(len(clip), dtype="float32"))
-    assert notes == [f"the file holds {held_s:.1f} s of audio where its header says 40.0 s: cut short?"]
+    assert notes == [f"the file decodes to {held_s:.1f} s of audio where its header says 40.0 s: cut short, or damaged?"]
     store = Store.open(tmp_path / "s", create=True)
     summary = ingest(store, collect(cut.parent)[0], features=("mfcc",), workers=1, quiet=True)
     assert (summary.ingested, summary.warned) == (1, 1)

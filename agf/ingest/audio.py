@@ -108,8 +108,8 @@ def decode_clip(path: Path, max_seconds: float, *, notes: list[str] | None = Non
         raise AudioError("decode", f"cannot decode audio: {_clean(exc)}") from None
     # a lossy format's header may be out by its encoder's padding: a second or more missing is a cut
     if promised - total >= native_rate and notes is not None:
-        notes.append(f"the file holds {total / native_rate:.1f} s of audio where its header says "
-                     f"{promised / native_rate:.1f} s: cut short?")
+        notes.append(f"the file decodes to {total / native_rate:.1f} s of audio where its header says "
+                     f"{promised / native_rate:.1f} s: cut short, or damaged?")
     if data.size == 0:
         raise AudioError("decode", "file holds no audio samples")
     if len(data) < MIN_SECONDS * native_rate:
