@@ -208,7 +208,7 @@ def test_a_stream_wider_than_7_1_is_refused_before_it_is_decoded(tmp_path):
 def test_without_ffmpeg_such_a_file_is_an_error_row_that_names_it(tmp_path, monkeypatch):
     (tmp_path / "song.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A \x00\x00\x02\x00isomM4A " + bytes(100))
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    with pytest.raises(AudioError, match=r"an MP4 \(M4A\) file needs ffmpeg.*install ffmpeg"):
+    with pytest.raises(AudioError, match=r"MP4 \(M4A\) files need ffmpeg.*install ffmpeg"):
         decode_clip(tmp_path / "song.m4a", 10.0)
 
 

@@ -260,7 +260,7 @@ class _FfmpegFile:
     def __init__(self, path: Path, demuxer: str):
         self.ffmpeg, ffprobe = shutil.which("ffmpeg"), shutil.which("ffprobe")
         if not (self.ffmpeg and ffprobe):
-            raise RuntimeError(f"an {_NAMES[demuxer]} file needs ffmpeg, which libsndfile is not: install ffmpeg "
+            raise RuntimeError(f"{_NAMES[demuxer]} files need ffmpeg, which libsndfile is not: install ffmpeg "
                                "(apt-get install ffmpeg, brew install ffmpeg)")
         self.url = "file:" + os.fsdecode(os.path.abspath(path))
         self.input = [*self.INPUT, "-f", demuxer]
@@ -302,7 +302,8 @@ class _FfmpegFile:
                 skip -= dropped
                 if len(pcm) >= keep * frame:
                     break
-        data = np.frombuffer(bytes(pcm[: keep * frame]), "<f4").reshape(-1, self.channels)
+        whole = min(len(pcm), keep * frame) // frame * frame  # whole frames only, however ffmpeg stopped
+        data = np.frombuffer(bytes(pcm[:whole]), "<f4").reshape(-1, self.channels)
         return data if len(data) == keep else None
 
     def readable_frames(self) -> int:
@@ -317,7 +318,8 @@ class _FfmpegFile:
         """What ``command`` writes to its standard output, in blocks of up to 1 MiB; its
         complaints go to descriptor 2 with ``complaints``, else nowhere (counting through, they
         would be said twice)."""
-        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=None if complaints else subprocess.DEVNULL) as process:
+        errors = None if complaints else subprocess.DEVNULL
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors) as process:
             try:
                 while block := process.stdout.read(1 << 20):
                     yield block
