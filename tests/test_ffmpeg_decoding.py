@@ -2,12 +2,14 @@
 audio, raw AAC (ADTS) and Musepack, decoded by ffmpeg's command line; without ffmpeg, each is an
 error row that says so."""
 
+import contextlib
 import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -130,6 +132,31 @@ def test_a_damaged_aac_file_gives_the_middle_of_what_decodes_and_says_what_it_me
     frames = np.frombuffer(whole, "<f4").reshape(-1, 2) @ np.full(2, 0.5, np.float32)
     start = (len(frames) - 10 * RATE) // 2
     assert 10 < seconds < 20 and seconds == len(frames) / RATE and messages
+    np.testing.assert_array_equal(clip, frames[start : start + 10 * RATE])
+
+
+@needs_ffmpeg
+def test_a_damaged_flac_is_read_past_its_damage(tmp_path):
+    """libsndfile stops at a FLAC's first damaged frame (and an MP3's, for some damage): 30 runs
+    of zeroed bytes left 7 s of 30. ffmpeg decodes past them, and its reading is taken where it
+    holds a second more."""
+    path = tmp_path / "song.flac"
+    sf.write(path, _stereo(30.0, seed=5).astype(np.float32) / 32768, RATE)
+    data = bytearray(path.read_bytes())
+    for at in np.random.default_rng(1).integers(len(data) // 4, 3 * len(data) // 4, 30):
+        data[at : at + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+    libsndfile = 0
+    with sf.SoundFile(path) as fh, contextlib.suppress(sf.LibsndfileError):
+        for block in fh.blocks(65536):
+            libsndfile += len(block)
+    with decoder_messages() as messages:
+        clip, rate, seconds = decode_clip(path, 10.0)
+    whole = subprocess.run([FFMPEG, "-v", "quiet", "-f", "flac", "-i", f"file:{path}", "-f", "f32le", "-c:a", "pcm_f32le",
+                            "pipe:1"], capture_output=True).stdout
+    frames = np.frombuffer(whole, "<f4").reshape(-1, 2) @ np.full(2, 0.5, np.float32)
+    start = (len(frames) - 10 * RATE) // 2
+    assert libsndfile / RATE < 10 and 25 < seconds == len(frames) / RATE and messages
     np.testing.assert_array_equal(clip, frames[start : start + 10 * RATE])
 
 

@@ -147,20 +147,44 @@ def _middle(path: Path, max_seconds: float) -> tuple[np.ndarray, int, int, int]:
     the number of frames it holds and the number its header promises. Decoded by ffmpeg when its
     first bytes name a format libsndfile cannot read (:func:`ffmpeg_demuxer`), else by libsndfile.
 
-    These two numbers differ when the file ends before its header says (a download cut short).
-    Its middle by the header can then lie past its end (no samples, or a failed seek), so the
-    file is decoded from the start to count the frames it holds, up to its first undecodable
-    block (in blocks, in bounded memory), and the middle of those is read.
+    These two numbers differ when the file ends before its header says (a download cut short),
+    or where libsndfile stops at a damaged frame. Its middle by the header can then lie past what
+    decodes (no samples, or a failed seek), so the file is decoded from the start to count the
+    frames it holds, up to its first undecodable block (in blocks, in bounded memory), and the
+    middle of those is read: ffmpeg's, where it decodes past the damage (:func:`_past_damage`).
     """
     demuxer = ffmpeg_demuxer(path)
     source = _FfmpegFile(path, demuxer) if demuxer else _SoundFile(os.fsencode(path))  # bytes: any name opens
-    longest = int(round(max_seconds * source.rate))
-    data = source.middle(source.promised, longest)
+    promised, longest = source.promised, int(round(max_seconds * source.rate))
+    data = source.middle(promised, longest)
     if data is not None:
-        return data, source.rate, source.promised, source.promised
+        return data, source.rate, promised, promised
     total = source.readable_frames()
+    if isinstance(source, _SoundFile) and total <= promised - source.rate:  # a second or more short
+        source, total = _past_damage(path, source, total)
     data = source.middle(total, longest)
-    return (np.zeros((0, 1), np.float32) if data is None else data), source.rate, total, source.promised
+    return (np.zeros((0, 1), np.float32) if data is None else data), source.rate, total, promised
+
+
+#: ffmpeg's demuxer for each format libsndfile stops in at the first damaged frame (its decoding
+#: of the file ends there, or fails on every read after it), by libsndfile's name for the format.
+_RESYNCED = {"FLAC": "flac", "MP3": "mp3"}
+
+
+def _past_damage(path: Path, source: "_SoundFile", total: int) -> tuple["_SoundFile | _FfmpegFile", int]:
+    """``(source, total)``, or ffmpeg's reading of the file and the frames it decodes where that is
+    a second or more longer: ffmpeg decodes past a damaged frame (to nothing, and on), where a
+    download cut short ends for both. Without ffmpeg, libsndfile's reading stands.
+    """
+    demuxer = _RESYNCED.get(source.format)
+    if not (demuxer and shutil.which("ffmpeg") and shutil.which("ffprobe")):
+        return source, total
+    try:
+        other = _FfmpegFile(path, demuxer)
+        counted = other.readable_frames()
+    except (RuntimeError, ValueError):  # ffmpeg cannot read it either: libsndfile's reading stands
+        return source, total
+    return (other, counted) if other.rate == source.rate and counted >= total + source.rate else (source, total)
 
 
 #: What a file of each format ffmpeg decodes is called, by ffmpeg's demuxer for it.
@@ -219,7 +243,7 @@ class _SoundFile:
         self.name = name
         with sf.SoundFile(name) as fh:
             self.rate, _ = _readable_stream(fh.samplerate, fh.channels)
-            self.promised = fh.frames
+            self.promised, self.format = fh.frames, fh.format
 
     def middle(self, frames: int, longest: int) -> np.ndarray | None:
         """The middle ``longest`` of the first ``frames`` frames, (n, channels) float32, or None
