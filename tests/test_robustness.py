@@ -338,7 +338,7 @@ def test_decoder_complaints_stay_off_the_terminal_and_are_counted_and_kept(game_
     assert [k["stage"] for k in kept] == ["decode warning"] * 2
     assert "Xing stream size" in kept[0]["error"] and "libmpg123" in kept[1]["error"]
     # the cut file is read in several passes: what it is, then each complaint once
-    assert kept[0]["error"].startswith("the file holds") and kept[0]["error"].count("Xing stream size") == 1
+    assert kept[0]["error"].startswith("the file decodes to") and kept[0]["error"].count("Xing stream size") == 1
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")
