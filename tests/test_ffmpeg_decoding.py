@@ -60,6 +60,37 @@ def _mono(samples: np.ndarray) -> np.ndarray:
     return (samples.astype(np.float32) / 32768) @ np.full(2, 0.5, np.float32)
 
 
+def _decoded_by_ffmpeg(path: Path, demuxer: str) -> np.ndarray:
+    """Everything ffmpeg decodes ``path`` (stereo) to, mixed down as agf mixes it."""
+    whole = subprocess.run([FFMPEG, "-v", "quiet", "-f", demuxer, "-i", f"file:{path}", "-map", "0:a:0", "-f", "f32le",
+                            "-c:a", "pcm_f32le", "pipe:1"], capture_output=True).stdout
+    return np.frombuffer(whole, "<f4").reshape(-1, 2) @ np.full(2, 0.5, np.float32)
+
+
+def _ten_seconds_of_the_middle(frames: np.ndarray) -> np.ndarray:
+    start = (len(frames) - 10 * RATE) // 2
+    return frames[start : start + 10 * RATE]
+
+
+def _damage(path: Path, seed: int) -> None:
+    """30 runs of 64 zeroed bytes in the middle half of ``path``."""
+    data = bytearray(path.read_bytes())
+    for at in np.random.default_rng(seed).integers(len(data) // 4, 3 * len(data) // 4, 30):
+        data[at : at + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+
+
+def _damaged_flac(path: Path) -> int:
+    """A 30 s FLAC damaged where libsndfile stops; the frames libsndfile decodes of it."""
+    sf.write(path, _stereo(30.0, seed=5).astype(np.float32) / 32768, RATE)
+    _damage(path, seed=1)
+    frames = 0
+    with sf.SoundFile(path) as fh, contextlib.suppress(sf.LibsndfileError):
+        for block in fh.blocks(65536):
+            frames += len(block)
+    return frames
+
+
 @needs_ffmpeg
 @pytest.mark.parametrize("name", LOSSLESS)
 def test_a_lossless_file_s_middle_is_its_own_samples_to_the_last_bit(tmp_path, name):
@@ -92,14 +123,10 @@ def test_a_stream_that_does_not_say_its_length_gives_its_exact_middle(tmp_path, 
     a 30 s clip); ffmpeg's seeks in them miss by up to thousands of samples. Such a file is
     counted through, and its middle is the middle of everything it decodes to, to the sample."""
     _encode(_stereo(14.0, seed=3), tmp_path / name, LOSSY[name])
-    demuxer = {"song.aac": "aac", "song.mpc": "mpc8"}[name]
-    whole = subprocess.run([FFMPEG, "-v", "error", "-f", demuxer, "-i", f"file:{tmp_path / name}", "-f", "f32le",
-                            "-c:a", "pcm_f32le", "pipe:1"], capture_output=True, check=True).stdout
-    frames = np.frombuffer(whole, "<f4").reshape(-1, 2) @ np.full(2, 0.5, np.float32)
+    frames = _decoded_by_ffmpeg(tmp_path / name, {"song.aac": "aac", "song.mpc": "mpc8"}[name])
     clip, rate, seconds = decode_clip(tmp_path / name, 10.0)
-    start = (len(frames) - 10 * RATE) // 2
     assert (rate, seconds) == (RATE, len(frames) / RATE)
-    np.testing.assert_array_equal(clip, frames[start : start + 10 * RATE])
+    np.testing.assert_array_equal(clip, _ten_seconds_of_the_middle(frames))
 
 
 @needs_ffmpeg
@@ -121,18 +148,12 @@ def test_a_damaged_aac_file_gives_the_middle_of_what_decodes_and_says_what_it_me
     """A damaged AAC frame decodes to nothing, so the file's time and its samples part: seeking by
     time then came up short twice and the file was lost as "file holds no audio samples"."""
     _encode(_stereo(20.0, seed=4), tmp_path / name, "aac")
-    data = bytearray((tmp_path / name).read_bytes())
-    for at in np.random.default_rng(0).integers(len(data) // 4, 3 * len(data) // 4, 30):
-        data[at : at + 64] = bytes(64)
-    (tmp_path / name).write_bytes(bytes(data))
+    _damage(tmp_path / name, seed=0)
     with decoder_messages() as messages:
         clip, rate, seconds = decode_clip(tmp_path / name, 10.0)
-    whole = subprocess.run([FFMPEG, "-v", "quiet", "-f", demuxer, "-i", f"file:{tmp_path / name}", "-map", "0:a:0",
-                            "-f", "f32le", "-c:a", "pcm_f32le", "pipe:1"], capture_output=True).stdout
-    frames = np.frombuffer(whole, "<f4").reshape(-1, 2) @ np.full(2, 0.5, np.float32)
-    start = (len(frames) - 10 * RATE) // 2
+    frames = _decoded_by_ffmpeg(tmp_path / name, demuxer)
     assert 10 < seconds < 20 and seconds == len(frames) / RATE and messages
-    np.testing.assert_array_equal(clip, frames[start : start + 10 * RATE])
+    np.testing.assert_array_equal(clip, _ten_seconds_of_the_middle(frames))
 
 
 @needs_ffmpeg
@@ -140,24 +161,21 @@ def test_a_damaged_flac_is_read_past_its_damage(tmp_path):
     """libsndfile stops at a FLAC's first damaged frame (and an MP3's, for some damage): 30 runs
     of zeroed bytes left 7 s of 30. ffmpeg decodes past them, and its reading is taken where it
     holds a second more."""
-    path = tmp_path / "song.flac"
-    sf.write(path, _stereo(30.0, seed=5).astype(np.float32) / 32768, RATE)
-    data = bytearray(path.read_bytes())
-    for at in np.random.default_rng(1).integers(len(data) // 4, 3 * len(data) // 4, 30):
-        data[at : at + 64] = bytes(64)
-    path.write_bytes(bytes(data))
-    libsndfile = 0
-    with sf.SoundFile(path) as fh, contextlib.suppress(sf.LibsndfileError):
-        for block in fh.blocks(65536):
-            libsndfile += len(block)
+    libsndfile = _damaged_flac(tmp_path / "song.flac")
     with decoder_messages() as messages:
-        clip, rate, seconds = decode_clip(path, 10.0)
-    whole = subprocess.run([FFMPEG, "-v", "quiet", "-f", "flac", "-i", f"file:{path}", "-f", "f32le", "-c:a", "pcm_f32le",
-                            "pipe:1"], capture_output=True).stdout
-    frames = np.frombuffer(whole, "<f4").reshape(-1, 2) @ np.full(2, 0.5, np.float32)
-    start = (len(frames) - 10 * RATE) // 2
+        clip, rate, seconds = decode_clip(tmp_path / "song.flac", 10.0)
+    frames = _decoded_by_ffmpeg(tmp_path / "song.flac", "flac")
     assert libsndfile / RATE < 10 and 25 < seconds == len(frames) / RATE and messages
-    np.testing.assert_array_equal(clip, frames[start : start + 10 * RATE])
+    np.testing.assert_array_equal(clip, _ten_seconds_of_the_middle(frames))
+
+
+def test_without_ffmpeg_a_damaged_flac_keeps_what_libsndfile_decodes(tmp_path, monkeypatch):
+    libsndfile = _damaged_flac(tmp_path / "song.flac")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    notes = []
+    clip, rate, seconds = decode_clip(tmp_path / "song.flac", 10.0, notes=notes)
+    assert (len(clip), seconds) == (libsndfile, libsndfile / RATE) and notes == [
+        f"the file decodes to {seconds:.1f} s of audio where its header says 30.0 s: cut short, or damaged?"]
 
 
 @needs_ffmpeg

@@ -22,9 +22,9 @@ import httpx
 import pytest
 import uvicorn
 
-from agf.app.catalog import AUDIO_TYPES, audio_type
+from agf.app.catalog import audio_type
 from agf.app.web import create_app
-from agf.ingest.audio import AUDIO_EXTENSIONS
+from agf.ingest.audio import AUDIO_EXTENSIONS, AUDIO_TYPES
 from agf.store import Store
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

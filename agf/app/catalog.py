@@ -10,6 +10,7 @@ from pathlib import Path
 
 from agf.app.similar import Similar
 from agf.errors import AgfError
+from agf.ingest.audio import AUDIO_TYPES
 from agf.models.factors import FactorAtlas
 from agf.store import Store
 from agf.store.artists import slug
@@ -17,18 +18,11 @@ from agf.store.index import list_indexes
 from agf.store.paths import open_regular
 from agf.store.registry import latest_model
 
-#: The content type of each extension agf reads. Not the system's table: it varies by machine
-#: (Python's own has no .flac, .m4a or .ogg) and Debian's gives ``.wv`` to WAP forms and ``.mpc``
-#: to a chemistry program's input files.
-AUDIO_TYPES = {".mp3": "audio/mpeg", ".ogg": "audio/ogg", ".oga": "audio/ogg", ".opus": "audio/ogg", ".flac": "audio/flac",
-               ".wav": "audio/wav", ".aif": "audio/aiff", ".aiff": "audio/aiff", ".m4a": "audio/mp4",
-               ".wma": "audio/x-ms-wma", ".wv": "audio/x-wavpack", ".mka": "audio/x-matroska", ".webm": "audio/webm",
-               ".aac": "audio/aac", ".mpc": "audio/x-musepack"}
-
 
 def audio_type(path: Path) -> str:
     """The content type an audio file is served as, by its name (a manifest may name any file)."""
     return AUDIO_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
 
 #: Rows a query page shows at most; the rest are counted, not sent.
 SQL_ROWS = 1000

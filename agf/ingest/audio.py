@@ -19,9 +19,19 @@ import soundfile as sf
 
 from agf.store.paths import open_regular
 
-#: Extensions a folder scan picks up (a manifest may name any file; undecodable ones are errors).
-AUDIO_EXTENSIONS = {".mp3", ".ogg", ".oga", ".opus", ".flac", ".wav", ".aif", ".aiff",  # libsndfile's
-                    ".m4a", ".wma", ".wv", ".mka", ".webm", ".aac", ".mpc"}  # ffmpeg's
+#: Extensions a folder scan picks up (a manifest may name any file; undecodable ones are errors),
+#: each with the content type ``agf serve`` sends it as. Not the system's table: it varies by
+#: machine (Python's own has no .flac, .m4a or .ogg) and Debian's gives ``.wv`` to WAP forms and
+#: ``.mpc`` to a chemistry program's input files.
+AUDIO_TYPES = {
+    # libsndfile's
+    ".mp3": "audio/mpeg", ".ogg": "audio/ogg", ".oga": "audio/ogg", ".opus": "audio/ogg", ".flac": "audio/flac",
+    ".wav": "audio/wav", ".aif": "audio/aiff", ".aiff": "audio/aiff",
+    # ffmpeg's
+    ".m4a": "audio/mp4", ".wma": "audio/x-ms-wma", ".wv": "audio/x-wavpack", ".mka": "audio/x-matroska",
+    ".webm": "audio/webm", ".aac": "audio/aac", ".mpc": "audio/x-musepack",
+}
+AUDIO_EXTENSIONS = set(AUDIO_TYPES)
 #: Extensions of audio formats agf does not read, which a folder scan counts and names rather than
 #: pass over in silence.
 UNREAD_EXTENSIONS = {".ape", ".tta", ".shn", ".dsf", ".dff", ".mid", ".midi", ".m4p", ".ac3", ".dts", ".amr", ".ra"}
@@ -176,20 +186,19 @@ def _past_damage(path: Path, source: "_SoundFile", total: int) -> tuple["_SoundF
     a second or more longer: ffmpeg decodes past a damaged frame (to nothing, and on), where a
     download cut short ends for both. Without ffmpeg, libsndfile's reading stands.
     """
-    demuxer = _RESYNCED.get(source.format)
-    if not (demuxer and shutil.which("ffmpeg") and shutil.which("ffprobe")):
+    if source.format not in _RESYNCED:
         return source, total
     try:
-        other = _FfmpegFile(path, demuxer)
+        other = _FfmpegFile(path, _RESYNCED[source.format])
         counted = other.readable_frames()
-    except (RuntimeError, ValueError):  # ffmpeg cannot read it either: libsndfile's reading stands
+    except (RuntimeError, ValueError, OSError):  # no ffmpeg, or it cannot read it either: libsndfile's reading stands
         return source, total
     return (other, counted) if other.rate == source.rate and counted >= total + source.rate else (source, total)
 
 
 #: What a file of each format ffmpeg decodes is called, by ffmpeg's demuxer for it.
 _NAMES = {"mov": "MP4 (M4A)", "asf": "ASF (WMA)", "wv": "WavPack", "matroska": "Matroska (MKA, WebM)",
-          "aac": "raw AAC (ADTS)", "mpc8": "Musepack"}
+          "aac": "raw AAC (ADTS)", "mpc8": "Musepack", "flac": "FLAC", "mp3": "MP3"}
 #: Demuxers whose streams say nowhere how long they are (ffprobe guesses from the bit rate, 5 % out
 #: on a 30 s clip) and in which ffmpeg's seeks do not land on the sample asked for: such a file is
 #: counted through and its middle read from its start.
@@ -295,20 +304,21 @@ class _FfmpegFile:
         if "sample_rate" not in stream:
             raise ValueError(f"the {_NAMES[demuxer]} file holds no audio stream")
         self.rate, self.channels = _readable_stream(int(stream["sample_rate"]), int(stream.get("channels", 0)))
-        self.seeks = demuxer not in _UNTIMED
-        seconds = float(stream.get("duration") or facts.get("format", {}).get("duration") or "0") if self.seeks else 0
+        self.seeks = True  # until it is counted through (see middle)
+        duration = stream.get("duration") or facts.get("format", {}).get("duration") or "0"
+        seconds = 0.0 if demuxer in _UNTIMED else float(duration)
         if not 0 <= seconds < 1e7:  # NaN too
             raise ValueError(f"an audio stream of {seconds} s is not one agf reads")
-        # a file that does not say how long it is (a stream written live, raw AAC) is counted through
+        # a file that does not say how long it is (a stream written live), or only guesses, is counted through
         self.promised = int(round(seconds * self.rate)) or self.readable_frames()
 
     def middle(self, frames: int, longest: int) -> np.ndarray | None:
         """As :meth:`_SoundFile.middle`: ffmpeg seeks to the first frame wanted (decoding from the
         packet before it, and dropping what precedes that frame) and stops after the last.
 
-        A file ffmpeg does not seek in exactly (:data:`_UNTIMED`), or one counted through (whose
-        length is what ffmpeg decoded: a damaged frame decodes to nothing, so time and samples
-        part), is decoded from its start instead; the samples before the middle are dropped as
+        A file counted through (every file of :data:`_UNTIMED`, in which ffmpeg's seeks miss; and
+        any other whose length is what ffmpeg decoded: a damaged frame decodes to nothing, so time
+        and samples part) is decoded from its start instead; the samples before the middle are dropped as
         they come, and ffmpeg is stopped once the middle is read.
         """
         keep = min(frames, longest)
